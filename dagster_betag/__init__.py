@@ -1,0 +1,1 @@
+"""BETag: behavior-enhanced item tags, as a warehouse-native feature pipeline."""

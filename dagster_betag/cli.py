@@ -1,0 +1,224 @@
+"""The `betag` command line: run the pipeline and fetch the default dataset.
+
+Errors a user can fix (no dataset, bad input, no network) end in one line and exit 1;
+the full Dagster logs stay in the run for the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dagster_betag import settings
+from dagster_betag.datasets import DatasetError
+
+PREVIEW_SQL = {
+    "A user's train sequence and leave-one-out targets": (
+        "select user_id, n_interactions, train_item_ids[-5:] as last_train_items, "
+        "validation_item_id, test_item_id from marts.fct_user_sequences order by user_id limit 3"
+    ),
+    "Behavior sessions (train only) that feed finetuning": (
+        "select session_id, n_items, item_ids[:6] as first_items, started_at "
+        "from marts.fct_behavior_sessions order by n_items desc, session_id limit 3"
+    ),
+    "The catalog prompts are built from, most popular first": (
+        "select i.item_id, i.title, i.attributes_text, p.n_train_interactions, i.n_native_tags "
+        "from marts.dim_items i join marts.fct_item_popularity p using (item_id) "
+        "order by p.popularity_rank limit 5"
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    settings.put_interpreter_tools_on_path()
+    try:
+        return args.handler(args)
+    except (DatasetError, FileNotFoundError) as error:
+        print(f"betag: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="betag",
+        description="Behavior-enhanced item tags, built in a DuckDB warehouse by dbt and Dagster.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="materialize the whole pipeline (landing tables, dbt build) and summarize the warehouse",
+        description="Materialize every asset of the betag_pipeline job in-process, then print "
+        "where the tables are, the headline counts and a sample of each mart.",
+    )
+    run.add_argument("--dataset", help=f"dataset folder (default: ${settings.DATASET_ENV}, "
+                     "data/ml-latest-small, then ../shared/data/ml-latest-small)")
+    run.add_argument("--format", default="auto",
+                     choices=["auto", "movielens-latest", "movielens-1m", "movielens-100k", "generic"],
+                     help="dataset layout (default: detected from the files)")
+    run.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    run.set_defaults(handler=_run)
+
+    fetch = commands.add_parser(
+        "fetch-data",
+        help="download a MovieLens dataset from GroupLens and verify its checksums",
+        description="Download the official archive, verify it and unpack it under data/. "
+        "MovieLens data is for non-commercial use; read its README.txt.",
+    )
+    fetch.add_argument("--name", default=settings.DEFAULT_DATASET, help="dataset name, e.g. ml-latest-small, ml-1m, ml-100k")
+    fetch.add_argument("--dest", default=str(settings.REPO_ROOT / "data"), help="parent folder (default: data/)")
+    fetch.add_argument("--url", help="archive URL (default: the GroupLens download)")
+    fetch.set_defaults(handler=_fetch_data)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    # dbt runs as a subprocess and reads these too, so flags go through the environment
+    if args.warehouse:
+        os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
+    dataset_dir = settings.resolve_dataset_dir(args.dataset)
+    os.environ[settings.DATASET_ENV] = str(dataset_dir)
+
+    started = time.perf_counter()
+    print(f"betag: dataset {dataset_dir}")
+    print(f"betag: warehouse {settings.warehouse_dir()}")
+    _prepare_dbt_manifest()
+
+    from dagster import DagsterInstance
+
+    from dagster_betag.definitions import defs
+
+    job = defs.resolve_job_def("betag_pipeline")
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    log_path = settings.warehouse_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8") as log, _DbtProgress(log) as progress:
+        with contextlib.redirect_stdout(progress):
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                tags={"launched_by": "betag run"},
+            )
+    print(f"betag: full dbt log in {log_path}")
+    _print_step_outcomes(result)
+    if not result.success:
+        print(f"betag: error: the run failed ({_first_failure(result)})", file=sys.stderr)
+        return 1
+    _print_summary(time.perf_counter() - started)
+    return 0
+
+
+class _DbtProgress(io.TextIOBase):
+    """Sends dbt's console output to the run log and shows a progress bar of its nodes."""
+
+    NODE_DONE = re.compile(r"^\s*\d+ of (\d+) (OK|PASS|FAIL|ERROR|WARN|SKIP)\b")
+
+    def __init__(self, log: io.TextIOBase):
+        self._log = log
+        self._bar = tqdm(desc="dbt build", unit="node", file=sys.stderr, disable=None)
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        for line in text.splitlines():
+            if match := self.NODE_DONE.match(line):
+                self._bar.total = int(match.group(1))
+                self._bar.update(1)
+        return len(text)
+
+    def close(self) -> None:
+        self._bar.close()
+        super().close()
+
+
+def _prepare_dbt_manifest() -> None:
+    from dagster_betag.defs.project import betag_dbt_project
+
+    # dbt parse prints through the root logger; keep the user's terminal to our lines
+    logging.getLogger().setLevel(logging.WARNING)
+    betag_dbt_project.preparer.prepare(betag_dbt_project)
+
+
+def _print_step_outcomes(result) -> None:
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            seconds = event.event_specific_data.duration_ms / 1000 if event.is_step_success else None
+            status = f"ok in {seconds:.1f} s" if seconds is not None else "FAILED"
+            print(f"betag: step {event.step_key}: {status}")
+    checks = [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    if checks:
+        n_passed = sum(check.passed for check in checks)
+        print(f"betag: {n_passed}/{len(checks)} data tests passed")
+        for check in checks:
+            if not check.passed:
+                print(f"betag:   failed: {check.check_name} on {check.asset_key.to_user_string()}")
+
+
+def _first_failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            cause = error.cause or error
+            return f"step {event.step_key}: {cause.message.strip().splitlines()[0]}"
+    return "see the Dagster run logs"
+
+
+def _print_summary(elapsed_s: float) -> None:
+    from dagster_betag.warehouse import (
+        WarehouseLayout,
+        connect_readonly,
+        fetch_rows,
+        markdown_table,
+        quarantine_counts,
+        summarize,
+    )
+
+    layout = WarehouseLayout(settings.warehouse_dir())
+    figures = summarize(layout.database_path)
+    print(f"\nDone in {elapsed_s:.0f} s. Warehouse: {layout.database_path}")
+    print(
+        f"  catalog {figures['catalog_items']:,} items; after the k-core: {figures['kcore_users']:,} users, "
+        f"{figures['kcore_items']:,} items, {figures['kcore_interactions']:,} interactions"
+    )
+    print(
+        f"  leave-one-out: train {figures['train_interactions']:,} / validation "
+        f"{figures['validation_interactions']:,} / test {figures['test_interactions']:,}"
+    )
+    print(
+        f"  behavior sessions: {figures['behavior_sessions']:,} ({figures['session_items']:,} train items); "
+        f"native tags: {figures['native_tags']:,} item-tag pairs"
+    )
+    quarantined = quarantine_counts(layout.database_path)
+    reasons = ", ".join(f"{table}/{reason}: {n}" for table, reason, n in quarantined) or "none"
+    print(f"  quarantined input rows: {figures['quarantined_rows']:,} ({reasons})")
+    with connect_readonly(layout.database_path) as connection:
+        for title, sql in PREVIEW_SQL.items():
+            print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql))}")
+    print(
+        "\nNext: open the UI with `dagster dev -w workspace.yaml`, or query the marts in SQL:\n"
+        f"  python -c \"import duckdb; duckdb.connect('{layout.database_path}', read_only=True)"
+        ".sql('select * from marts.dim_items limit 5').show()\""
+    )
+
+
+def _fetch_data(args: argparse.Namespace) -> int:
+    from dagster_betag.datasets import fetch_movielens
+
+    folder = fetch_movielens(args.name, Path(args.dest), url=args.url)
+    print(f"betag: {args.name} is ready at {folder} (MovieLens terms: non-commercial use, see its README.txt)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

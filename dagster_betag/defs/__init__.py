@@ -1,0 +1,1 @@
+"""The Dagster layer: thin definitions over the library modules of dagster_betag."""

@@ -1,0 +1,68 @@
+"""The dbt models (staging, intermediate, marts) as assets; dbt tests become asset checks."""
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, MetadataValue, Output
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from dagster_betag.defs.project import betag_dbt_project
+from dagster_betag.defs.resources import WarehouseResource
+from dagster_betag.warehouse import connect_readonly, describe_table
+
+
+class BetagDbtTranslator(DagsterDbtTranslator):
+    """Models are keyed by their SQL name (marts.dim_items) and grouped by layer."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
+        return AssetKey([dbt_resource_props["schema"], dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return dbt_resource_props["schema"]
+
+
+@dbt_assets(
+    manifest=betag_dbt_project.manifest_path,
+    project=betag_dbt_project,
+    dagster_dbt_translator=BetagDbtTranslator(),
+)
+def warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+    """``dbt build``: models and their tests, then row counts and a preview per table."""
+    warehouse.check_dbt_agrees()
+    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+    # dbt holds DuckDB's single write lock until it exits, so the tables are read after
+    # the build rather than while its events stream in.
+    events = list(invocation.stream())
+    yield from _with_table_metadata(context, events, warehouse)
+    if not invocation.is_successful():
+        raise invocation.get_error()
+
+
+def _with_table_metadata(
+    context: AssetExecutionContext, events: Iterable[Any], warehouse: WarehouseResource
+) -> Iterator[Any]:
+    if not any(isinstance(event, (Output, AssetMaterialization)) for event in events):
+        yield from events
+        return
+    with connect_readonly(warehouse.layout.database_path) as connection:
+        for event in events:
+            if isinstance(event, (Output, AssetMaterialization)):
+                key = (
+                    event.asset_key
+                    if isinstance(event, AssetMaterialization)
+                    else context.asset_key_for_output(event.output_name)
+                )
+                relation = ".".join(key.path)
+                n_rows, preview = describe_table(connection, relation)
+                event = event.with_metadata(
+                    {
+                        **event.metadata,
+                        "dagster/row_count": n_rows,
+                        "table": relation,
+                        "preview": MetadataValue.md(preview),
+                    }
+                )
+            yield event
+

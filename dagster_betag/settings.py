@@ -1,0 +1,60 @@
+"""Where things live: the repository's folders and the two locations a user configures.
+
+Library code (no Dagster). Both knobs are environment variables so that Python and dbt,
+which runs as a subprocess from dbt_project/, resolve the same paths:
+
+- ``BETAG_WAREHOUSE_DIR``: the folder holding the DuckDB file and the landing Parquet.
+- ``BETAG_DATASET_DIR``: the input dataset folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dagster_betag.datasets import DatasetError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+DEFAULT_DATASET = "ml-latest-small"
+
+WAREHOUSE_ENV = "BETAG_WAREHOUSE_DIR"
+DATASET_ENV = "BETAG_DATASET_DIR"
+
+
+def put_interpreter_tools_on_path() -> None:
+    """Let subprocesses find the `dbt` installed beside this Python, venv activated or not."""
+    tools = str(Path(sys.executable).parent)
+    if tools not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = tools + os.pathsep + os.environ.get("PATH", "")
+
+
+def warehouse_dir() -> Path:
+    """The warehouse folder: $BETAG_WAREHOUSE_DIR, else the git-ignored warehouse/."""
+    return Path(os.environ.get(WAREHOUSE_ENV) or REPO_ROOT / "warehouse").resolve()
+
+
+def dataset_candidates(configured: str | os.PathLike | None = None) -> list[Path]:
+    """Where the dataset is looked for, in order of precedence."""
+    explicit = configured or os.environ.get(DATASET_ENV)
+    if explicit:
+        return [Path(explicit).expanduser().resolve()]
+    return [
+        REPO_ROOT / "data" / DEFAULT_DATASET,
+        # the read-only copy this workplace lays beside the repository
+        REPO_ROOT.parent / "shared" / "data" / DEFAULT_DATASET,
+    ]
+
+
+def resolve_dataset_dir(configured: str | os.PathLike | None = None) -> Path:
+    """The first existing dataset folder, or a one-line error that says how to get one."""
+    candidates = dataset_candidates(configured)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise DatasetError(
+        f"no dataset folder found (looked in {looked}); run `betag fetch-data` "
+        f"or set {DATASET_ENV} to a dataset folder"
+    )

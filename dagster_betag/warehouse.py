@@ -1,0 +1,109 @@
+"""Read-only access to the warehouse DuckDB file (library code, no Dagster).
+
+dbt is the only writer of the DuckDB file; everything in Python opens it read-only, so a
+reader can never corrupt it or hold the write lock dbt needs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+DATABASE_FILE = "betag.duckdb"
+LANDING_FOLDER = "landing"
+
+
+@dataclass(frozen=True)
+class WarehouseLayout:
+    """The files of one warehouse folder."""
+
+    directory: Path
+
+    @property
+    def database_path(self) -> Path:
+        return self.directory / DATABASE_FILE
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.directory / LANDING_FOLDER
+
+
+@contextmanager
+def connect_readonly(database_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    if not database_path.exists():
+        raise FileNotFoundError(f"no warehouse at {database_path}; run `betag run` first")
+    connection = duckdb.connect(str(database_path), read_only=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def markdown_table(columns: list[str], rows: list[tuple], max_chars: int = 60) -> str:
+    """A GitHub-markdown table; long cells are shortened so previews stay readable."""
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        text = text.replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
+    return "\n".join(lines)
+
+
+def fetch_rows(connection: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple]]:
+    """Column names and rows of a query."""
+    cursor = connection.execute(sql)
+    return [column[0] for column in cursor.description], cursor.fetchall()
+
+
+def fetch_value(connection: duckdb.DuckDBPyConnection, sql: str):
+    """The single value of a one-row, one-column query."""
+    return connection.execute(sql).fetchone()[0]
+
+
+def describe_table(connection: duckdb.DuckDBPyConnection, relation: str, n_preview: int = 5) -> tuple[int, str]:
+    """Row count and a markdown preview of ``relation`` (schema.table)."""
+    n_rows = fetch_value(connection, f"select count(*) from {relation}")
+    return n_rows, markdown_table(*fetch_rows(connection, f"select * from {relation} limit {n_preview}"))
+
+
+# The figures a user wants after a build, each one SQL query over the marts.
+SUMMARY_QUERIES: dict[str, str] = {
+    "catalog_items": "select count(*) from marts.dim_items",
+    "kcore_items": "select count(*) from marts.dim_items where is_in_kcore",
+    "kcore_users": "select count(*) from marts.fct_user_sequences",
+    "kcore_interactions": "select count(*) from marts.fct_interactions",
+    "train_interactions": "select count(*) from marts.fct_interactions where split = 'train'",
+    "validation_interactions": "select count(*) from marts.fct_interactions where split = 'validation'",
+    "test_interactions": "select count(*) from marts.fct_interactions where split = 'test'",
+    "behavior_sessions": "select count(*) from marts.fct_behavior_sessions",
+    "session_items": "select coalesce(sum(n_items), 0) from marts.fct_behavior_sessions",
+    "native_tags": "select count(*) from marts.fct_item_native_tags",
+    "quarantined_rows": "select count(*) from staging.stg_quarantined_rows",
+}
+
+
+def summarize(database_path: Path) -> dict[str, int]:
+    """The headline counts of a built warehouse."""
+    with connect_readonly(database_path) as connection:
+        return {name: fetch_value(connection, sql) for name, sql in SUMMARY_QUERIES.items()}
+
+
+def quarantine_counts(database_path: Path) -> list[tuple[str, str, int]]:
+    """(source table, reason, rows) for every kind of rejected input row."""
+    with connect_readonly(database_path) as connection:
+        _, rows = fetch_rows(
+            connection,
+            "select source_table, rejection_reason, count(*) from staging.stg_quarantined_rows "
+            "group by all order by 1, 2",
+        )
+        return rows

@@ -1,0 +1,36 @@
+-- Every interaction that survived the k-core, with its place in the user's sequence,
+-- its split and (train only) its behavior session.
+
+with
+
+interactions as (
+
+    select * from {{ ref('int_interactions_split') }}
+
+),
+
+sessionized as (
+
+    select event_id, session_id from {{ ref('int_train_interactions_sessionized') }}
+
+),
+
+final as (
+
+    select
+        interactions.event_id,
+        interactions.user_id,
+        interactions.item_id,
+        interactions.event_at,
+        interactions.event_type,
+        interactions.event_value,
+        interactions.position,
+        interactions.n_user_interactions,
+        interactions.split,
+        sessionized.session_id
+    from interactions
+    left join sessionized on interactions.event_id = sessionized.event_id
+
+)
+
+select * from final

@@ -1,0 +1,25 @@
+-- Native (human) tags per item, one row per normalized tag with how often it was applied.
+
+with
+
+tags as (
+
+    select * from {{ ref('stg_native_tags') }}
+    where tag_normalized <> ''
+
+),
+
+final as (
+
+    select
+        item_id,
+        tag_normalized as tag,
+        count(*) as n_taggings,
+        count(distinct user_id) as n_users,
+        min(tagged_at) as first_tagged_at
+    from tags
+    group by item_id, tag_normalized
+
+)
+
+select * from final
