@@ -89,6 +89,9 @@ def write_synthetic_movielens(folder: Path, seed: int = 7, n_users: int = 40, n_
         ratings.append(row)
         dataset.expected_quarantine["events", reason] += 1
     _write_csv(folder / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], ratings)
+    with (folder / "ratings.csv").open("a", encoding="utf-8") as handle:
+        handle.write("2,3,4.")  # a file cut off mid-row: the row lands without its timestamp
+    dataset.expected_quarantine["events", "missing_timestamp"] += 1
 
     tags = [
         ("1", "1", "Pixar", str(EPOCH_START)),
