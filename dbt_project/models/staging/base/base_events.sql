@@ -54,18 +54,6 @@ checked as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by invalid_reason is null, user_id, item_id, event_at, event_type
-            order by source_row
-        ) as n_occurrence
-    from checked
-
-),
-
 final as (
 
     select
@@ -79,11 +67,8 @@ final as (
         event_type,
         event_value_text,
         event_value,
-        coalesce(
-            invalid_reason,
-            case when n_occurrence > 1 then 'duplicate_event' end
-        ) as rejection_reason
-    from ranked
+        {{ rejection_reason(['user_id', 'item_id', 'event_at', 'event_type'], 'duplicate_event') }} as rejection_reason
+    from checked
 
 )
 

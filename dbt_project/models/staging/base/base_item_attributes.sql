@@ -45,18 +45,6 @@ checked as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by invalid_reason is null, item_id, attribute_name, attribute_value
-            order by source_row
-        ) as n_occurrence
-    from checked
-
-),
-
 final as (
 
     select
@@ -65,11 +53,8 @@ final as (
         item_id,
         attribute_name,
         attribute_value,
-        coalesce(
-            invalid_reason,
-            case when n_occurrence > 1 then 'duplicate_attribute' end
-        ) as rejection_reason
-    from ranked
+        {{ rejection_reason(['item_id', 'attribute_name', 'attribute_value'], 'duplicate_attribute') }} as rejection_reason
+    from checked
 
 )
 

@@ -20,11 +20,14 @@ typed as (
 
 ),
 
-ranked as (
+checked as (
 
     select
         *,
-        row_number() over (partition by item_id order by source_row) as n_occurrence
+        case
+            when item_id is null then 'missing_item_id'
+            when title is null then 'missing_title'
+        end as invalid_reason
     from typed
 
 ),
@@ -37,12 +40,8 @@ final as (
         item_id,
         title,
         description,
-        case
-            when item_id is null then 'missing_item_id'
-            when title is null then 'missing_title'
-            when n_occurrence > 1 then 'duplicate_item'
-        end as rejection_reason
-    from ranked
+        {{ rejection_reason(['item_id'], 'duplicate_item') }} as rejection_reason
+    from checked
 
 )
 

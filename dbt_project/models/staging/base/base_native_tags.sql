@@ -45,18 +45,6 @@ checked as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        row_number() over (
-            partition by invalid_reason is null, item_id, lower(tag), user_id, tagged_at
-            order by source_row
-        ) as n_occurrence
-    from checked
-
-),
-
 final as (
 
     select
@@ -67,11 +55,8 @@ final as (
         user_id,
         tagged_at_text,
         tagged_at,
-        coalesce(
-            invalid_reason,
-            case when n_occurrence > 1 then 'duplicate_tag' end
-        ) as rejection_reason
-    from ranked
+        {{ rejection_reason(['item_id', 'lower(tag)', 'user_id', 'tagged_at'], 'duplicate_tag') }} as rejection_reason
+    from checked
 
 )
 
