@@ -20,8 +20,23 @@ from tqdm import tqdm
 
 from dagster_betag import settings
 from dagster_betag.datasets import DatasetError
+from dagster_betag.profiles import PROFILES
 
 PREVIEW_SQL = {
+    "Tags per source (k-core items)": (
+        "select tag_source, count(*) filter (where n_tags > 0) as n_items_tagged, "
+        "round(avg(n_tags) filter (where n_tags > 0), 2) as mean_tags, "
+        "round(avg((n_tags >= 3)::int), 3) as share_with_3_tags, "
+        "(select count(*) from marts.tag_vocabulary v where v.tag_source = d.tag_source) as n_distinct_tags "
+        "from marts.item_tag_documents d group by tag_source order by tag_source"
+    ),
+    "Base tags and BETags of the most popular items": (
+        "select i.title, max(d.document) filter (where d.tag_source = 'base') as base_tags, "
+        "max(d.document) filter (where d.tag_source = 'betag') as betags "
+        "from marts.item_tag_documents d join marts.dim_items i using (item_id) "
+        "join marts.fct_item_popularity p using (item_id) "
+        "group by i.title, p.popularity_rank order by p.popularity_rank limit 5"
+    ),
     "A user's train sequence and leave-one-out targets": (
         "select user_id, n_interactions, train_item_ids[-5:] as last_train_items, "
         "validation_item_id, test_item_id from marts.fct_user_sequences order by user_id limit 3"
@@ -42,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     settings.put_interpreter_tools_on_path()
+    from dagster_betag.llm.model import ModelError
+
     try:
         return args.handler(args)
-    except (DatasetError, FileNotFoundError) as error:
+    except (DatasetError, ModelError, FileNotFoundError) as error:
         print(f"betag: error: {error}", file=sys.stderr)
         return 1
 
@@ -68,6 +85,15 @@ def _build_parser() -> argparse.ArgumentParser:
                      choices=["auto", "movielens-latest", "movielens-1m", "movielens-100k", "generic"],
                      help="dataset layout (default: detected from the files)")
     run.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    run.add_argument(
+        "--profile",
+        default="quick",
+        choices=sorted(PROFILES),
+        help="quick (default): tag the 300 most popular k-core items, minutes on a laptop; "
+        "full: every k-core item (about an hour on a 2-core CPU)",
+    )
+    run.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
+                     "then the embedded SmolLM2-135M-Instruct)")
     run.set_defaults(handler=_run)
 
     fetch = commands.add_parser(
@@ -87,17 +113,20 @@ def _run(args: argparse.Namespace) -> int:
     # dbt runs as a subprocess and reads these too, so flags go through the environment
     if args.warehouse:
         os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
+    if args.model:
+        os.environ[settings.MODEL_ENV] = args.model
     dataset_dir = settings.resolve_dataset_dir(args.dataset)
     os.environ[settings.DATASET_ENV] = str(dataset_dir)
 
     started = time.perf_counter()
-    print(f"betag: dataset {dataset_dir}")
+    print(f"betag: dataset {dataset_dir}, profile {args.profile}")
     print(f"betag: warehouse {settings.warehouse_dir()}")
     _prepare_dbt_manifest()
 
     from dagster import DagsterInstance
 
     from dagster_betag.definitions import defs
+    from dagster_betag.defs.config import profile_run_config
 
     job = defs.resolve_job_def("betag_pipeline")
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
@@ -108,7 +137,11 @@ def _run(args: argparse.Namespace) -> int:
             result = job.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                run_config={
+                    **profile_run_config(args.profile),
+                    # INFO: the stages' own progress lines (rate, ETA); the framework's chatter is DEBUG
+                    "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                },
                 tags={"launched_by": "betag run"},
             )
     print(f"betag: full dbt log in {log_path}")
@@ -204,7 +237,7 @@ def _print_summary(elapsed_s: float) -> None:
     print(f"  quarantined input rows: {figures['quarantined_rows']:,} ({reasons})")
     with connect_readonly(layout.database_path) as connection:
         for title, sql in PREVIEW_SQL.items():
-            print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql))}")
+            print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql), max_chars=90)}")
     print(
         "\nNext: open the UI with `dagster dev -w workspace.yaml`, or query the marts in SQL:\n"
         f"  python -c \"import duckdb; duckdb.connect('{layout.database_path}', read_only=True)"

@@ -5,6 +5,8 @@ which runs as a subprocess from dbt_project/, resolve the same paths:
 
 - ``BETAG_WAREHOUSE_DIR``: the folder holding the DuckDB file and the landing Parquet.
 - ``BETAG_DATASET_DIR``: the input dataset folder.
+- ``BETAG_MODEL``: the base LLM (registry name, model folder or .gguf file).
+- ``BETAG_ADAPTERS_DIR``: where finetuned LoRA adapters are saved.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ DEFAULT_DATASET = "ml-latest-small"
 
 WAREHOUSE_ENV = "BETAG_WAREHOUSE_DIR"
 DATASET_ENV = "BETAG_DATASET_DIR"
+MODEL_ENV = "BETAG_MODEL"
+ADAPTERS_ENV = "BETAG_ADAPTERS_DIR"
 
 
 def put_interpreter_tools_on_path() -> None:
@@ -33,6 +37,11 @@ def put_interpreter_tools_on_path() -> None:
 def warehouse_dir() -> Path:
     """The warehouse folder: $BETAG_WAREHOUSE_DIR, else the git-ignored warehouse/."""
     return Path(os.environ.get(WAREHOUSE_ENV) or REPO_ROOT / "warehouse").resolve()
+
+
+def adapters_dir() -> Path:
+    """LoRA adapters: $BETAG_ADAPTERS_DIR, else the git-ignored models/adapters/."""
+    return Path(os.environ.get(ADAPTERS_ENV) or REPO_ROOT / "models" / "adapters").resolve()
 
 
 def dataset_candidates(configured: str | os.PathLike | None = None) -> list[Path]:

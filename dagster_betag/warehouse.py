@@ -107,3 +107,23 @@ def quarantine_counts(database_path: Path) -> list[tuple[str, str, int]]:
             "group by all order by 1, 2",
         )
         return rows
+
+
+def popular_kcore_items(database_path: Path, max_items: int | None) -> list[dict]:
+    """Catalog rows of the k-core items, most popular (train interactions) first."""
+    limit = "" if max_items is None else f"limit {int(max_items)}"
+    with connect_readonly(database_path) as connection:
+        columns, rows = fetch_rows(
+            connection,
+            "select i.item_id, i.title, i.description, i.attributes "
+            "from marts.dim_items i join marts.fct_item_popularity p using (item_id) "
+            f"where i.is_in_kcore order by p.popularity_rank {limit}",
+        )
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def behavior_sessions(database_path: Path) -> list[tuple[str, list[str]]]:
+    """(session_id, item ids in order) of every train behavior session."""
+    with connect_readonly(database_path) as connection:
+        _, rows = fetch_rows(connection, "select session_id, item_ids from marts.fct_behavior_sessions order by session_id")
+    return [(session_id, list(item_ids)) for session_id, item_ids in rows]

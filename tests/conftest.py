@@ -1,8 +1,9 @@
 """Shared fixtures: a real dbt manifest, real DuckDB warehouses in temporary folders.
 
-The Dagster resources bind BETAG_WAREHOUSE_DIR and BETAG_DATASET_DIR as EnvVars when
-those are set at import, and EnvVars resolve when a run starts; so the session sets both
-before anything imports the definitions, and each test points them at its own folders.
+The Dagster resources bind BETAG_WAREHOUSE_DIR, BETAG_DATASET_DIR and BETAG_MODEL as
+EnvVars when those are set at import, and EnvVars resolve when a run starts; so the
+session sets them before anything imports the definitions, and each test points them at
+its own folders (and at a tiny random-weight model).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dagster_betag import settings
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="betag-tests-"))
 os.environ[settings.WAREHOUSE_ENV] = str(SESSION_ROOT / "unused-warehouse")
 os.environ[settings.DATASET_ENV] = str(SESSION_ROOT / "unused-dataset")
+os.environ[settings.MODEL_ENV] = str(SESSION_ROOT / "unused-model")
+os.environ[settings.ADAPTERS_ENV] = str(SESSION_ROOT / "adapters")
 settings.put_interpreter_tools_on_path()
 
 SHARED_ML_LATEST_SMALL = settings.REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
@@ -41,13 +44,60 @@ def defs(dbt_manifest):
 
 @pytest.fixture
 def point_at(monkeypatch):
-    """Point the pipeline at a dataset folder and a warehouse folder for one test."""
+    """Point the pipeline at a dataset, a warehouse and (optionally) a model for one test."""
 
-    def _point_at(dataset_dir: Path, warehouse_dir: Path) -> None:
+    def _point_at(dataset_dir: Path, warehouse_dir: Path, model_dir: Path | None = None) -> None:
         monkeypatch.setenv(settings.DATASET_ENV, str(dataset_dir))
         monkeypatch.setenv(settings.WAREHOUSE_ENV, str(warehouse_dir))
+        if model_dir is not None:
+            monkeypatch.setenv(settings.MODEL_ENV, str(model_dir))
 
     return _point_at
+
+
+@pytest.fixture(scope="session")
+def embedded_llm():
+    """The real embedded model (downloaded through pip and converted once, then cached)."""
+    from dagster_betag.llm.model import LLMConfig, load_llm
+
+    return load_llm(LLMConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(embedded_llm, tmp_path_factory) -> Path:
+    """A random-weight 2-layer Llama with the embedded model's tokenizer and chat template:
+    real shapes and prompts, milliseconds per step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = embedded_llm.tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        # wide enough initial weights that a few LoRA steps can move the logits visibly
+        initializer_range=0.2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_llm(tiny_model_dir):
+    """A fresh tiny model per test (finetuning mutates the weights it is given)."""
+    from dagster_betag.llm.model import LLMConfig, load_llm
+
+    return load_llm(LLMConfig(model=str(tiny_model_dir)))
 
 
 @pytest.fixture

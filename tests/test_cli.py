@@ -17,7 +17,11 @@ BETAG = Path(sys.executable).parent / "betag"
 
 
 def run_betag(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in (settings.DATASET_ENV, settings.WAREHOUSE_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (settings.DATASET_ENV, settings.WAREHOUSE_ENV, settings.MODEL_ENV)
+    }
     return subprocess.run([str(BETAG), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -33,9 +37,11 @@ def independent_five_core(ratings_csv: Path) -> pl.DataFrame:
         ratings = kept
 
 
-def test_run_builds_the_default_dataset_and_reports_its_figures(ml_latest_small, tmp_path):
+def test_run_builds_the_default_dataset_and_reports_its_figures(ml_latest_small, tiny_model_dir, tmp_path):
     warehouse = tmp_path / "warehouse"
-    completed = run_betag("run", "--dataset", str(ml_latest_small), "--warehouse", str(warehouse))
+    completed = run_betag(
+        "run", "--dataset", str(ml_latest_small), "--warehouse", str(warehouse), "--model", str(tiny_model_dir)
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     core = independent_five_core(ml_latest_small / "ratings.csv")
@@ -54,6 +60,11 @@ def test_run_builds_the_default_dataset_and_reports_its_figures(ml_latest_small,
     assert f"{n_users:,} users, {n_items:,} items, {core.height:,} interactions" in completed.stdout
     assert "quarantined input rows: 0" in completed.stdout
     assert "| session_id |" in completed.stdout
+    # the quick profile tags the 300 most popular k-core items with base tags and BETags
+    with duckdb.connect(str(warehouse / "betag.duckdb"), read_only=True) as connection:
+        n_tagged = connection.execute("select count(distinct item_id) from marts.item_betag_beams").fetchone()[0]
+    assert n_tagged == 300
+    assert "Base tags and BETags of the most popular items" in completed.stdout
 
 
 def test_run_without_a_dataset_fails_in_one_line(tmp_path):

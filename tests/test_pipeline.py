@@ -22,20 +22,31 @@ from tests.synthetic import (
 
 
 
-def run_pipeline(defs):
+# the tiny model's tags are random text; a few short beams keep the run to seconds
+SMALL_LLM_RUN = {
+    "ops": {
+        "llm__base_tags": {"config": {"max_new_tokens": 16, "shard_size": 8}},
+        "llm__behavior_adapter": {"config": {"batch_size": 4, "max_length": 256}},
+        "llm__betags": {"config": {"num_groups": 2, "max_new_tokens": 8, "shard_size": 8}},
+    }
+}
+
+
+def run_pipeline(defs, run_config=None):
     job = defs.resolve_job_def("betag_pipeline")
-    return job.execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    return job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), raise_on_error=False)
 
 
 @pytest.fixture(scope="module")
-def built(defs, tmp_path_factory):
-    """One successful run over the synthetic dataset; tests read its warehouse."""
+def built(defs, tiny_model_dir, tmp_path_factory):
+    """One successful run over the synthetic dataset with the tiny model; tests read its warehouse."""
     root = tmp_path_factory.mktemp("pipeline")
     dataset = write_synthetic_movielens(root / "dataset")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BETAG_DATASET_DIR", str(dataset.folder))
         patch.setenv("BETAG_WAREHOUSE_DIR", str(root / "warehouse"))
-        result = run_pipeline(defs)
+        patch.setenv("BETAG_MODEL", str(tiny_model_dir))
+        result = run_pipeline(defs, SMALL_LLM_RUN)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     connection = duckdb.connect(str(root / "warehouse" / "betag.duckdb"), read_only=True)
     yield dataset, result, connection
@@ -140,11 +151,35 @@ def test_catalog_keeps_cold_items_and_parses_movielens_titles(built):
     assert tags == [("pixar", 2)]
 
 
-def test_bad_input_fails_with_one_line_and_leaves_the_warehouse_intact(built, defs, point_at, tmp_path):
+def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
+    _, result, connection = built
+    n_kcore = query(connection, "select count(*) from marts.dim_items where is_in_kcore")[0][0]
+    assert query(connection, "select count(distinct item_id) from staging.stg_base_tag_generations")[0][0] == n_kcore
+    beams = query(connection, "select item_id, count(*), bool_or(is_base_tags) from marts.item_betag_beams group by 1")
+    assert len(beams) == n_kcore and all(n == 1 + 2 and has_base for _, n, has_base in beams)
+    documents = query(connection, "select tag_source, count(*) from marts.item_tag_documents group by 1")
+    assert dict(documents) == {"native": n_kcore, "base": n_kcore, "betag": n_kcore}
+    adapter = next(m for m in result.asset_materializations_for_node("llm__behavior_adapter"))
+    assert (Path(adapter.metadata["folder"].value) / "adapter_model.safetensors").exists()
+    assert "data:image/png;base64" in adapter.metadata["loss_curve"].value
+
+
+def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir):
+    dataset, first, _ = built
+    warehouse = Path(first.asset_materializations_for_node("llm__finetune_examples")[0].metadata["path"].value).parents[1]
+    point_at(dataset.folder, warehouse, tiny_model_dir)
+    job = defs.resolve_job_def("betag_pipeline").get_subset(asset_selection={AssetKey(["llm", "base_tags"])})
+    run_config = {"ops": {"llm__base_tags": SMALL_LLM_RUN["ops"]["llm__base_tags"]}}
+    again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral())
+    metadata = again.asset_materializations_for_node("llm__base_tags")[0].metadata
+    assert metadata["n_generated"].value == 0 and metadata["n_skipped_already_done"].value > 0
+
+
+def test_bad_input_fails_with_one_line_and_leaves_the_warehouse_intact(built, defs, point_at, tiny_model_dir, tmp_path):
     dataset, _, _ = built
     warehouse = tmp_path / "warehouse"
-    point_at(dataset.folder, warehouse)
-    assert run_pipeline(defs).success
+    point_at(dataset.folder, warehouse, tiny_model_dir)
+    assert run_pipeline(defs, SMALL_LLM_RUN).success
     before = (warehouse / "landing" / "events.parquet").read_bytes()
     n_events = _count(warehouse, "marts.fct_interactions")
 

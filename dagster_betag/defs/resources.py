@@ -15,6 +15,7 @@ from pydantic import Field
 
 from dagster_betag import settings
 from dagster_betag.datasets import LandedDataset, read_dataset
+from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.warehouse import WarehouseLayout
 
@@ -53,6 +54,22 @@ class WarehouseResource(ConfigurableResource):
             )
 
 
+class LLMResource(ConfigurableResource):
+    """The base LLM. Tests bind a tiny model folder here; a GPU box binds an 8B model."""
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Registry name of the embedded default, a Hugging Face model folder, or a .gguf file.",
+    )
+    gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` when it is a folder.")
+    device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu or cuda.")
+
+    def load(self) -> LoadedLLM:
+        """A fresh model each call: finetuning wraps the weights it is given, so no two
+        assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
+        return load_llm(LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device))
+
+
 def _from_env(name: str, default: str | None) -> str | EnvVar | None:
     return EnvVar(name) if os.environ.get(name) else default
 
@@ -64,4 +81,5 @@ def build_resources() -> dict[str, object]:
             directory=_from_env(settings.WAREHOUSE_ENV, str(settings.warehouse_dir()))
         ),
         "dbt": DbtCliResource(project_dir=betag_dbt_project),
+        "llm": LLMResource(model=_from_env(settings.MODEL_ENV, DEFAULT_MODEL)),
     }

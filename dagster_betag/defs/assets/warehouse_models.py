@@ -23,13 +23,33 @@ class BetagDbtTranslator(DagsterDbtTranslator):
         return dbt_resource_props["schema"]
 
 
+LLM_OUTPUTS = "tag:llm_outputs"
+
+
 @dbt_assets(
     manifest=betag_dbt_project.manifest_path,
     project=betag_dbt_project,
     dagster_dbt_translator=BetagDbtTranslator(),
+    exclude=LLM_OUTPUTS,
 )
 def warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
-    """``dbt build``: models and their tests, then row counts and a preview per table."""
+    """``dbt build`` of everything upstream of the LLM: staging, sequences, sessions, catalog."""
+    yield from _build(context, dbt, warehouse)
+
+
+@dbt_assets(
+    manifest=betag_dbt_project.manifest_path,
+    project=betag_dbt_project,
+    dagster_dbt_translator=BetagDbtTranslator(),
+    select=LLM_OUTPUTS,
+)
+def tag_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+    """``dbt build`` of the tag tables over the shards the LLM assets wrote."""
+    yield from _build(context, dbt, warehouse)
+
+
+def _build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+    """``dbt build`` of this asset's models and tests, then row counts and a preview per table."""
     warehouse.check_dbt_agrees()
     invocation = dbt.cli(["build"], context=context, raise_on_error=False)
     # dbt holds DuckDB's single write lock until it exits, so the tables are read after

@@ -1,0 +1,337 @@
+"""Diverse (group) beam search with Hamming diversity, for any transformers causal LM.
+
+transformers 5 removed `num_beam_groups` / `diversity_penalty` from `generate` (the code moved to the Hub, which
+we can neither fetch nor trust), but BETag asks the LLM for several *different* tag lists per item. This module
+re-implements transformers 4.x's `_group_beam_search` (Vijayakumar et al. 2016, "Diverse Beam Search") in plain
+PyTorch: batched over prompts, one forward per prompt, then one token per beam per step through the KV cache.
+
+Shapes in comments use: N = prompts in the batch, n = prompts still being decoded (a prompt leaves the batch as
+soon as all its groups are done), G = groups, B = beams per group, V = vocabulary, P = padded prompt length,
+t = tokens generated so far, T = max_new_tokens, K = candidates kept per group and step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import Cache
+
+# (rows, P + t) token ids so far, (rows, V) next-token log-probs -> (rows, V) processed log-probs
+LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
+
+
+@dataclass(frozen=True)
+class DiverseBeamConfig:
+    num_groups: int = 4  # G
+    beams_per_group: int = 1  # B
+    diversity_penalty: float = 1.0  # lambda
+    min_new_tokens: int = 0
+    max_new_tokens: int = 32
+    length_penalty: float = 1.0  # as transformers: score = sum_logprobs / (len ** length_penalty)
+    early_stopping: bool = True  # as transformers' beam search (see `_groups_done`)
+
+    def __post_init__(self) -> None:
+        if self.num_groups < 1 or self.beams_per_group < 1:
+            raise ValueError("num_groups and beams_per_group must be at least 1")
+        if self.diversity_penalty < 0:
+            raise ValueError("diversity_penalty must be >= 0")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError("need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+
+
+@dataclass
+class DiverseBeamOutput:
+    """Hypotheses ordered group 0's beams best-first, then group 1's, ...; L is the longest one's length."""
+
+    sequences: torch.LongTensor  # (N, G*B, L) generated tokens only, EOS included, then pad_token_id
+    scores: torch.FloatTensor  # (N, G*B) length-normalized beam scores
+
+
+@torch.no_grad()
+def diverse_beam_search(
+    model,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.LongTensor,
+    config: DiverseBeamConfig,
+    *,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    logits_processor: LogitsProcessor | None = None,
+) -> DiverseBeamOutput:
+    """Decode G groups of B beams per left-padded prompt, as transformers 4.x `generate(num_beam_groups=G, ...)`.
+
+    Each step, the groups are searched in order 0..G-1. Group g's next-token log-probs (after `logits_processor`
+    and the `min_new_tokens` EOS ban) are lowered by `diversity_penalty * c(v)`, where c(v) counts the beams of
+    groups 0..g-1 of the same prompt that continue with token v at this step (Hamming diversity); then ordinary
+    beam search runs within the group: the top K = max(2, 1 + #eos) * B continuations of its B beams, EOS among
+    the top B finish (stored with score sum / len ** length_penalty, len counting the EOS), and the best B
+    non-EOS continue. As in 4.x, where the penalty is a logits processor, the *penalized* log-probs are what
+    beam scores accumulate, so returned scores include the penalties a beam paid.
+
+    Deliberate differences from 4.x:
+    - a group that is done no longer counts for diversity (4.x counted it as B `pad_token_id` tokens, which
+      penalizes EOS for later groups when pad == eos);
+    - two beam-search details follow transformers 5's `_beam_search`, which this reproduces exactly for G = 1:
+      see `_add_running_beams` and `_groups_done`;
+    - `logits_processor` runs before the diversity penalty (4.x ran it after), the same for bans and biases;
+    - hypotheses come back per group, rather than sorted across groups.
+
+    `input_ids` / `attention_mask`: (N, P), LEFT-padded. `logits_processor(sequences, log_probs)` sees the
+    prompt plus the tokens generated so far, (rows, P + t), for the rows it scores, (rows, V).
+    """
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError("input_ids and attention_mask must both be (batch, prompt_len)")
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all ones")
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id, device=input_ids.device)
+    state = _Search.start(input_ids, attention_mask, config)
+    results = _empty_hypotheses(input_ids.shape[0], config, input_ids.device)
+
+    log_probs, cache = _prefill(model, input_ids, attention_mask, copies=config.num_groups * config.beams_per_group)
+    for step in range(config.max_new_tokens):
+        log_probs = _next_token_scores(log_probs, state, step, eos, config, logits_processor)
+        rows = _search_step(state, log_probs, step, eos, config)  # (n, G, B)
+        if step + 1 == config.max_new_tokens:
+            _add_running_beams(state, config)
+            _store(results, state, torch.ones_like(state.item, dtype=torch.bool))
+            break
+        state.done |= _groups_done(state, step, config)
+        retired = state.done.all(dim=1)  # (n,)
+        if bool(retired.any()):
+            _store(results, state, retired)
+            if bool(retired.all()):
+                break
+        state = state.select(~retired)
+        cache.reorder_cache(rows[~retired].flatten())  # follow each beam's origin, dropping retired prompts' rows
+        log_probs = _decode_step(model, cache, state)
+    return _output(results, pad_token_id)
+
+
+class _Hypotheses(NamedTuple):
+    """Finished hypotheses of each group, best first; an empty slot scores -inf."""
+
+    tokens: torch.Tensor  # (..., B, T) generated tokens, junk past `lengths`
+    lengths: torch.Tensor  # (..., B)
+    scores: torch.Tensor  # (..., B) length-normalized
+
+
+def _empty_hypotheses(n: int, config: DiverseBeamConfig, device: torch.device) -> _Hypotheses:
+    shape = (n, config.num_groups, config.beams_per_group)
+    return _Hypotheses(
+        tokens=torch.zeros((*shape, config.max_new_tokens), dtype=torch.long, device=device),
+        lengths=torch.zeros(shape, dtype=torch.long, device=device),
+        scores=torch.full(shape, -torch.inf, device=device),
+    )
+
+
+@dataclass
+class _Search:
+    """Search state of the prompts still being decoded; every field is indexed by prompt first."""
+
+    item: torch.Tensor  # (n,) position of the prompt in the caller's batch
+    prompt: torch.Tensor  # (n, P) left-padded prompt ids
+    prompt_mask: torch.Tensor  # (n, P)
+    generated: torch.Tensor  # (n, G, B, t) tokens of the running beams
+    beam_scores: torch.Tensor  # (n, G, B) accumulated (penalized) log-probs of the running beams
+    done: torch.Tensor  # (n, G) group has stopped searching
+    hyp_tokens: torch.Tensor  # (n, G, B, T)
+    hyp_lengths: torch.Tensor  # (n, G, B)
+    hyp_scores: torch.Tensor  # (n, G, B)
+
+    @classmethod
+    def start(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: DiverseBeamConfig) -> _Search:
+        n, G, B = input_ids.shape[0], config.num_groups, config.beams_per_group
+        device = input_ids.device
+        # only the first beam of each group starts live, so a group's B beams do not all pick the same token
+        beam_scores = torch.full((n, G, B), -1e9, device=device)
+        beam_scores[..., 0] = 0.0
+        return cls(
+            torch.arange(n, device=device),
+            input_ids,
+            attention_mask,
+            input_ids.new_zeros((n, G, B, 0)),
+            beam_scores,
+            torch.zeros((n, G), dtype=torch.bool, device=device),
+            *_empty_hypotheses(n, config, device),
+        )
+
+    def select(self, keep: torch.Tensor) -> _Search:
+        """The state of the prompts where `keep` (n,) is true."""
+        return _Search(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def hypotheses(self, group: int | slice) -> _Hypotheses:
+        return _Hypotheses(self.hyp_tokens[:, group], self.hyp_lengths[:, group], self.hyp_scores[:, group])
+
+    def set_hypotheses(self, group: int | slice, hyps: _Hypotheses) -> None:
+        self.hyp_tokens[:, group], self.hyp_lengths[:, group], self.hyp_scores[:, group] = hyps
+
+    def sequences(self) -> torch.Tensor:
+        """(n*G*B, P + t) prompt + generated tokens of every running beam, as logits processors expect."""
+        n, G, B, t = self.generated.shape
+        prompt = self.prompt[:, None, None, :].expand(n, G, B, -1)
+        return torch.cat([prompt, self.generated], dim=-1).reshape(n * G * B, -1)
+
+
+def _prefill(model, input_ids, attention_mask, copies: int) -> tuple[torch.Tensor, Cache]:
+    """Run each prompt once, then give each of its `copies` beams a copy of the cache (they all share it)."""
+    position_ids = attention_mask.long().cumsum(-1) - 1  # (N, P) as transformers does for left padding
+    position_ids = position_ids.masked_fill(attention_mask == 0, 1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **_last_logits_only(model),
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(copies)
+    log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (N, V)
+    return log_probs.repeat_interleave(copies, dim=0), cache  # (N*G*B, V)
+
+
+def _last_logits_only(model) -> dict:
+    """Skip the LM head on all prompt positions but the last, where the model supports it (most do)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _decode_step(model, cache: Cache, state: _Search) -> torch.Tensor:
+    """Feed each running beam's newest token through the cache; (n*G*B, V) next-token log-probs."""
+    n, G, B, t = state.generated.shape
+    tokens = state.generated[..., -1].reshape(-1, 1)  # (n*G*B, 1)
+    mask = torch.cat([state.prompt_mask, state.prompt_mask.new_ones((n, t))], dim=1)  # (n, P + t)
+    position = state.prompt_mask.sum(dim=1, keepdim=True) + (t - 1)  # (n, 1) real prompt length + t - 1
+    out = model(
+        input_ids=tokens,
+        attention_mask=mask.repeat_interleave(G * B, dim=0),
+        position_ids=position.repeat_interleave(G * B, dim=0),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return F.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def _next_token_scores(log_probs, state: _Search, step: int, eos, config: DiverseBeamConfig, processor):
+    """The caller's processor, then the EOS ban before min_new_tokens: (n*G*B, V) -> (n*G*B, V)."""
+    if processor is not None:
+        log_probs = processor(state.sequences(), log_probs)
+    if step < config.min_new_tokens:
+        log_probs = log_probs.index_fill(1, eos, -torch.inf)
+    return log_probs
+
+
+def _search_step(state: _Search, log_probs, step: int, eos, config: DiverseBeamConfig) -> torch.Tensor:
+    """Advance every group of every prompt by one token, in group order; returns (n, G, B) cache rows to follow."""
+    n, G, B, t = state.generated.shape
+    log_probs = log_probs.view(n, G, B, -1)
+    searching = (~state.done).to(log_probs.dtype)  # (n, G) groups that count for diversity at this step
+    chosen = log_probs.new_zeros((n, log_probs.shape[-1]))  # (n, V) beams of earlier groups continuing with v
+    origins, tokens = [], []
+    for g in range(G):
+        scores = log_probs[:, g] - config.diversity_penalty * chosen[:, None, :]  # (n, B, V)
+        origin, token = _group_step(state, g, scores, step, eos, config)
+        chosen.scatter_add_(1, token, searching[:, g, None].expand(n, B))
+        origins.append(origin)
+        tokens.append(token)
+    origin, token = torch.stack(origins, dim=1), torch.stack(tokens, dim=1)  # (n, G, B) each
+    history = state.generated.gather(2, origin[..., None].expand(n, G, B, t))
+    state.generated = torch.cat([history, token[..., None]], dim=-1)  # (n, G, B, t + 1)
+    group_offset = torch.arange(G, device=origin.device)[None, :, None] * B
+    return torch.arange(n, device=origin.device)[:, None, None] * (G * B) + group_offset + origin
+
+
+def _group_step(state: _Search, g: int, scores, step: int, eos, config: DiverseBeamConfig):
+    """One step of ordinary beam search within group g (4.x `BeamSearchScorer.process`), for all n prompts.
+
+    scores: (n, B, V) processed log-probs. Returns the B continuing beams' origins and tokens, (n, B) each,
+    best first.
+    """
+    n, B, V = scores.shape
+    totals = (scores + state.beam_scores[:, g, :, None]).view(n, B * V)
+    top_scores, top_ids = totals.topk(max(2, 1 + eos.numel()) * B, dim=1)  # (n, K) best first
+    origin, token = top_ids // V, top_ids % V  # (n, K) beam within the group, token id
+    is_eos = torch.isin(token, eos)
+    _store_finished(state, g, step, top_scores, origin, token, is_eos, config)
+    # K leaves at least B non-EOS candidates (each beam has at most #eos EOS continuations); take the best B
+    keep = torch.argsort(is_eos.to(torch.uint8), dim=1, stable=True)[:, :B]  # (n, B) ranks
+    state.beam_scores[:, g] = top_scores.gather(1, keep)
+    return origin.gather(1, keep), token.gather(1, keep)
+
+
+def _store_finished(state: _Search, g: int, step: int, top_scores, origin, token, is_eos, config) -> None:
+    """EOS candidates ranked in the top B become hypotheses of group g, unless the group is already done."""
+    n, k = token.shape
+    B, T = config.beams_per_group, config.max_new_tokens
+    finishing = is_eos & (torch.arange(k, device=token.device) < B) & ~state.done[:, g, None]  # (n, K)
+    if not bool(finishing.any()):
+        return
+    history = state.generated[:, g].gather(1, origin[..., None].expand(n, k, step))  # (n, K, t)
+    candidates = _Hypotheses(
+        tokens=F.pad(torch.cat([history, token[..., None]], dim=-1), (0, T - step - 1)),  # (n, K, T)
+        lengths=torch.full_like(token, step + 1),
+        scores=torch.where(finishing, top_scores / (step + 1) ** config.length_penalty, -torch.inf),
+    )
+    state.set_hypotheses(g, _keep_best(state.hypotheses(g), candidates, B))
+
+
+def _add_running_beams(state: _Search, config: DiverseBeamConfig) -> None:
+    """Out of steps: groups still open at this last step offer their running beams as hypotheses too.
+
+    As transformers 5 does, and 4.x `BeamSearchScorer.finalize` except that 4.x left out a group whose B-th
+    hypothesis had arrived during this very step, so that its full-length beams could not compete.
+    """
+    t = state.generated.shape[-1]
+    candidates = _Hypotheses(
+        tokens=F.pad(state.generated, (0, config.max_new_tokens - t)),  # (n, G, B, T)
+        lengths=torch.full_like(state.beam_scores, t, dtype=torch.long),
+        scores=torch.where(state.done[..., None], -torch.inf, state.beam_scores / t**config.length_penalty),
+    )
+    state.set_hypotheses(slice(None), _keep_best(state.hypotheses(slice(None)), candidates, config.beams_per_group))
+
+
+def _keep_best(kept: _Hypotheses, candidates: _Hypotheses, size: int) -> _Hypotheses:
+    """The `size` best of both sets, best first (4.x `BeamHypotheses.add`, which keeps the best num_beams)."""
+    scores = torch.cat([kept.scores, candidates.scores], dim=-1)  # (..., B + K)
+    best = scores.topk(size, dim=-1).indices  # (..., B)
+    tokens = torch.cat([kept.tokens, candidates.tokens], dim=-2)  # (..., B + K, T)
+    return _Hypotheses(
+        tokens=tokens.gather(-2, best[..., None].expand(*best.shape, tokens.shape[-1])),
+        lengths=torch.cat([kept.lengths, candidates.lengths], dim=-1).gather(-1, best),
+        scores=scores.gather(-1, best),
+    )
+
+
+def _groups_done(state: _Search, step: int, config: DiverseBeamConfig) -> torch.Tensor:
+    """(n, G) groups that stop after this step (transformers' `BeamHypotheses.is_done`).
+
+    A group needs B finished hypotheses. With early_stopping that is enough; without, transformers' heuristic
+    also asks that its best running beam, normalized at the current length, not beat the worst hypothesis.
+    (4.x took the best candidate of the step, EOS included; transformers 5 the best running beam, as here.)
+    """
+    worst = state.hyp_scores[..., -1]  # (n, G), -inf while a slot is empty
+    full = worst > -torch.inf
+    if config.early_stopping:
+        return full
+    return full & (worst >= state.beam_scores[..., 0] / (step + 1) ** config.length_penalty)
+
+
+def _store(results: _Hypotheses, state: _Search, which: torch.Tensor) -> None:
+    """Copy the hypotheses of the prompts where `which` (n,) is true into the caller-ordered results."""
+    items = state.item[which]
+    for result, hyps in zip(results, state.hypotheses(slice(None))):
+        result[items] = hyps[which]
+
+
+def _output(results: _Hypotheses, pad_token_id: int) -> DiverseBeamOutput:
+    N, G, B, _ = results.tokens.shape
+    length = int(results.lengths.max())
+    tokens = results.tokens[..., :length]  # (N, G, B, L)
+    past_end = torch.arange(length, device=tokens.device) >= results.lengths[..., None]
+    tokens = tokens.masked_fill(past_end, pad_token_id)
+    return DiverseBeamOutput(sequences=tokens.reshape(N, G * B, length), scores=results.scores.reshape(N, G * B))

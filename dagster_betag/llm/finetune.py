@@ -1,0 +1,253 @@
+"""Behavior-enhanced finetuning: LoRA on next-item tag prediction.
+
+From train-only behavior sessions, each window of consecutive items becomes one example:
+the context items written as their base tags, the target the next item's tags. Each
+epoch redraws a random 80-100 % subset of every item's tags (as the official
+configuration does), so the model learns from tag sets, not from one fixed string. The
+loss covers the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from dagster_betag.llm.behavior import answer_text, prompt_text
+
+IGNORE_INDEX = -100  # label of tokens that do not count in the loss
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How behavior sessions are cut into finetuning examples."""
+
+    max_items: int = 15  # items per window, target included
+    min_items: int = 3
+    max_examples: int | None = 200  # uniform sample of all windows (CPU budget); None keeps every window
+    validation_share: float = 0.05  # sessions held out for the validation loss
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    example_id: str
+    session_id: str
+    context_item_ids: tuple[str, ...]
+    target_item_id: str
+    is_validation: bool
+
+
+def build_windows(sessions: Sequence[tuple[str, Sequence[str]]], tagged_items: set[str], config: WindowConfig) -> list[Window]:
+    """Every window ending at each position of each session, sampled down to ``max_examples``.
+
+    Items without base tags are skipped in their session (they cannot be written as
+    tags). Validation is chosen per session, by a hash, so its windows never share
+    behavior with training windows.
+    """
+    windows: list[Window] = []
+    for session_id, item_ids in sessions:
+        items = [item for item in item_ids if item in tagged_items]
+        is_validation = _unit_hash(f"{config.seed}:{session_id}") < config.validation_share
+        for end in range(config.min_items - 1, len(items)):
+            start = max(0, end - config.max_items + 1)
+            windows.append(
+                Window(f"{session_id}:{end}", session_id, tuple(items[start:end]), items[end], is_validation)
+            )
+    if config.max_examples is not None and len(windows) > config.max_examples:
+        windows = random.Random(config.seed).sample(windows, config.max_examples)
+    return sorted(windows, key=lambda window: window.example_id)
+
+
+def _unit_hash(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def sample_tags(tags: Sequence[str], rng: random.Random, min_share: float) -> list[str]:
+    """A random subset of ``tags`` keeping between min_share and all of them, in their order."""
+    if not tags:
+        return []
+    n_keep = max(1, math.ceil(len(tags) * rng.uniform(min_share, 1.0)))
+    kept = set(rng.sample(range(len(tags)), n_keep))
+    return [tag for index, tag in enumerate(tags) if index in kept]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]  # prompt + answer tokens
+    labels: list[int]  # IGNORE_INDEX on the prompt, the token ids on the answer
+
+
+def encode_example(
+    tokenizer, context_tags: Sequence[Sequence[str]], target_tags: Sequence[str], max_length: int
+) -> EncodedExample:
+    """Tokenize prompt and answer apart, so the prompt is masked exactly as generation sees it.
+
+    When too long, the oldest context items are dropped first: the latest behavior
+    matters most, and the answer must stay whole.
+    """
+    context = list(context_tags)
+    while True:
+        prompt_ids = tokenizer(prompt_text(tokenizer, context), add_special_tokens=False).input_ids
+        answer_ids = tokenizer(answer_text(tokenizer, context, target_tags), add_special_tokens=False).input_ids
+        if len(prompt_ids) + len(answer_ids) <= max_length or len(context) <= 1:
+            break
+        context = context[1:]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    return EncodedExample(input_ids, labels)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA and optimisation knobs; the defaults fit a 2-core CPU budget."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    epochs: int = 1
+    learning_rate: float = 5e-4
+    warmup_steps: int = 10
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 384
+    min_tag_share: float = 0.8  # each item keeps a random 80-100 % of its tags per epoch
+    seed: int = 0
+
+
+@dataclass
+class TrainingResult:
+    model: torch.nn.Module  # the peft model, adapter weights trained
+    step_losses: list[float] = field(default_factory=list)  # mean train loss per optimizer step
+    validation_loss_before: float = float("nan")
+    validation_loss_after: float = float("nan")
+    n_train_examples: int = 0
+    n_validation_examples: int = 0
+    seconds: float = 0.0
+
+
+def train_lora(
+    llm,
+    windows: Sequence[Window],
+    tags_by_item: Mapping[str, Sequence[str]],
+    config: LoraConfig,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainingResult:
+    """Attach a LoRA adapter to ``llm.model`` and train it on the windows.
+
+    ``on_step(step, total_steps, loss)`` reports progress. The validation loss uses every
+    tag of every item (no sampling), so before and after are comparable.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    peft_model = get_peft_model(
+        llm.model,
+        PeftLoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=list(config.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
+    train = [w for w in windows if not w.is_validation]
+    validation = [w for w in windows if w.is_validation]
+    encode = _encoder(llm.tokenizer, tags_by_item, config)
+    validation_examples = [encode(w, None) for w in validation]
+    result = TrainingResult(peft_model, n_train_examples=len(train), n_validation_examples=len(validation))
+    result.validation_loss_before = _mean_loss(peft_model, validation_examples, config, llm)
+
+    steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.gradient_accumulation))
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_steps, total_steps))
+    peft_model.train()
+    step = 0
+    for epoch in range(config.epochs):
+        rng = random.Random(f"{config.seed}:{epoch}")
+        order = rng.sample(train, len(train))
+        examples = [encode(window, rng) for window in order]
+        batches = [examples[i : i + config.batch_size] for i in range(0, len(examples), config.batch_size)]
+        for first in range(0, len(batches), config.gradient_accumulation):
+            group = batches[first : first + config.gradient_accumulation]
+            losses = []
+            for batch in group:
+                loss = _batch_loss(peft_model, batch, llm) / len(group)
+                loss.backward()
+                losses.append(loss.item() * len(group))
+            torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            result.step_losses.append(sum(losses) / len(losses))
+            if on_step:
+                on_step(step, total_steps, result.step_losses[-1])
+    peft_model.eval()
+    result.validation_loss_after = _mean_loss(peft_model, validation_examples, config, llm)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _encoder(tokenizer, tags_by_item: Mapping[str, Sequence[str]], config: LoraConfig):
+    def encode(window: Window, rng: random.Random | None) -> EncodedExample:
+        def tags(item_id: str) -> Sequence[str]:
+            full = tags_by_item[item_id]
+            return full if rng is None else sample_tags(full, rng, config.min_tag_share)
+
+        context = [tags(item) for item in window.context_item_ids]
+        return encode_example(tokenizer, context, tags(window.target_item_id), config.max_length)
+
+    return encode
+
+
+def _warmup_then_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _batch_loss(model, batch: Sequence[EncodedExample], llm) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a right-padded batch."""
+    width = max(len(example.input_ids) for example in batch)
+    pad = llm.tokenizer.pad_token_id
+    input_ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in batch])  # (B, T)
+    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in batch])  # (B, T)
+    attention_mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch])
+    device = llm.device
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
+        output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device))
+    return output.loss
+
+
+@torch.no_grad()
+def _mean_loss(model, examples: Sequence[EncodedExample], config: LoraConfig, llm) -> float:
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, weight = 0.0, 0
+    for first in range(0, len(examples), config.batch_size):
+        batch = examples[first : first + config.batch_size]
+        n_answer_tokens = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in batch)
+        total += _batch_loss(model, batch, llm).item() * n_answer_tokens
+        weight += n_answer_tokens
+    return total / weight
+
+
+def config_fingerprint(*parts: object) -> str:
+    """A short stable id for what an artifact was built from (hyper-parameters, data, model)."""
+    text = "|".join(repr(asdict(part)) if hasattr(part, "__dataclass_fields__") else repr(part) for part in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,161 @@
+"""The three LLM stages as resumable runs over plain data (what the Dagster assets call).
+
+Base tags and BETags are written in shards of items: a crash loses at most one shard,
+and a rerun with the same model, adapter and prompt skips what already landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from dagster_betag.llm.base_tags import BaseTagConfig, catalog_attribute_values, generate_base_tags
+from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
+from dagster_betag.llm.betag import BetagConfig, generate_betags
+from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, config_fingerprint, train_lora
+from dagster_betag.llm.prompts import ItemDescription
+from dagster_betag.plots import loss_curve_png
+from dagster_betag.progress import Progress
+from dagster_betag.shards import RunCounts, ShardedTable, run_resumable
+
+Log = Callable[[str], None]
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def base_tag_run(
+    llm, items: Sequence[ItemDescription], table: ShardedTable, config: BaseTagConfig, *, shard_size: int, log: Log
+) -> RunCounts:
+    by_id = {item.item_id: item for item in items}
+    # built once from every item, so an item's tags never depend on the shard it lands in
+    catalog_values = catalog_attribute_values(items)
+
+    def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
+        items_in_shard = [by_id[i] for i in item_ids]
+        tags = generate_base_tags(llm, items_in_shard, config, on_batch=advance, catalog_values=catalog_values)
+        return pl.DataFrame(
+            {"item_id": item_ids, "tags": tags, "generated_at": [now_text()] * len(item_ids)},
+            schema={"item_id": pl.Utf8, "tags": pl.List(pl.Utf8), "generated_at": pl.Utf8},
+        )
+
+    return run_resumable(list(by_id), table, produce, shard_size=shard_size, what="base tags", log=log)
+
+
+def betag_run(
+    llm,
+    base_tags: Mapping[str, Sequence[str]],
+    table: ShardedTable,
+    config: BetagConfig,
+    *,
+    shard_size: int,
+    log: Log,
+) -> RunCounts:
+    def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
+        results = generate_betags(llm, [(i, base_tags[i]) for i in item_ids], config, on_batch=advance)
+        return pl.DataFrame(
+            {
+                "item_id": [r.item_id for r in results],
+                "beam_texts": [r.beam_texts for r in results],
+                "beam_tags": [r.beam_tags for r in results],
+                "tags": [[asdict(t) for t in r.tags] for r in results],
+                "generated_at": [now_text()] * len(results),
+            },
+            schema={
+                "item_id": pl.Utf8,
+                "beam_texts": pl.List(pl.Utf8),
+                "beam_tags": pl.List(pl.List(pl.Utf8)),
+                "tags": pl.List(pl.Struct({"tag": pl.Utf8, "n_beams": pl.Int64, "score": pl.Float64})),
+                "generated_at": pl.Utf8,
+            },
+        )
+
+    return run_resumable(list(base_tags), table, produce, shard_size=shard_size, what="BETags", log=log)
+
+
+@dataclass(frozen=True)
+class AdapterArtifact:
+    adapter_id: str
+    folder: Path
+    manifest: dict
+    loss_png: bytes
+
+
+def finetune_run(
+    llm,
+    windows: Sequence[Window],
+    tags_by_item: Mapping[str, Sequence[str]],
+    lora_config: LoraConfig,
+    *,
+    adapters_dir: Path,
+    data_fingerprint: str,
+    log: Log,
+) -> AdapterArtifact:
+    """Train a LoRA adapter and save it with its manifest under ``adapters_dir/<id>/``.
+
+    The id hashes the base model, the data and every hyper-parameter, so the same inputs
+    land in the same folder; the folder appears whole (written aside, then renamed).
+    """
+    adapter_id = config_fingerprint(llm.fingerprint, data_fingerprint, lora_config)
+    total = max(1, len(windows))
+    progress = Progress(total, "LoRA finetuning", log)
+
+    def on_step(step: int, total_steps: int, loss: float) -> None:
+        progress.total = total_steps
+        progress.advance(1)
+
+    try:
+        result = train_lora(llm, windows, tags_by_item, lora_config, on_step=on_step)
+    finally:
+        progress.close()
+    manifest = _adapter_manifest(adapter_id, llm, data_fingerprint, lora_config, result)
+    loss_png = loss_curve_png(result.step_losses, result.validation_loss_before, result.validation_loss_after)
+    folder = adapters_dir / adapter_id
+    staging = adapters_dir / f".{adapter_id}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    result.model.save_pretrained(staging, safe_serialization=True)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (staging / "loss_curve.png").write_bytes(loss_png)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    log(f"adapter {adapter_id}: validation loss {result.validation_loss_before:.3f} -> {result.validation_loss_after:.3f}")
+    return AdapterArtifact(adapter_id, folder, manifest, loss_png)
+
+
+def _adapter_manifest(
+    adapter_id: str, llm, data_fingerprint: str, lora_config: LoraConfig, result: TrainingResult
+) -> dict:
+    return {
+        "adapter_id": adapter_id,
+        "base_model": llm.name,
+        "base_model_fingerprint": llm.fingerprint,
+        "data_fingerprint": data_fingerprint,
+        "behavior_prompt_version": BEHAVIOR_PROMPT_VERSION,
+        "lora": asdict(lora_config),
+        "n_train_examples": result.n_train_examples,
+        "n_validation_examples": result.n_validation_examples,
+        "train_loss_first_step": result.step_losses[0] if result.step_losses else None,
+        "train_loss_last_step": result.step_losses[-1] if result.step_losses else None,
+        "validation_loss_before": result.validation_loss_before,
+        "validation_loss_after": result.validation_loss_after,
+        "step_losses": result.step_losses,
+        "seconds": round(result.seconds, 1),
+        "created_at": now_text(),
+    }
+
+
+def load_adapter(llm, folder: Path):
+    """``llm`` with the adapter's weights merged in (plain model, fast to decode)."""
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(llm.model, folder).merge_and_unload()
+    merged.eval()
+    return replace(llm, model=merged)

@@ -1,0 +1,33 @@
+-- The current BETags: each item's latest generation, aggregated over beams, one row per tag.
+
+with
+
+generations as (
+
+    select * from {{ ref('stg_betag_generations') }}
+
+),
+
+latest as (
+
+    select * from generations
+    qualify row_number() over (partition by item_id order by generated_at desc, adapter_id desc) = 1
+
+),
+
+final as (
+
+    select
+        latest.item_id,
+        tag.weighted.tag as tag,
+        tag.weighted.n_beams as weight,
+        tag.weighted.score as score,
+        tag.tag_rank,
+        latest.adapter_id,
+        latest.generated_at
+    from latest,
+        unnest(latest.tags) with ordinality as tag(weighted, tag_rank)
+
+)
+
+select * from final

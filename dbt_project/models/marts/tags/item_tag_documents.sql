@@ -1,0 +1,69 @@
+-- One tag document per k-core item and tag source, for retrieval: the tags in rank order.
+-- Items without tags of a source get an empty document rather than no row.
+
+with
+
+items as (
+
+    select item_id from {{ ref('dim_items') }}
+    where is_in_kcore
+
+),
+
+native as (
+
+    select item_id, list(tag order by n_taggings desc, tag) as tags
+    from {{ ref('fct_item_native_tags') }}
+    group by item_id
+
+),
+
+base as (
+
+    select item_id, list(tag order by tag_rank) as tags
+    from {{ ref('item_base_tags') }}
+    group by item_id
+
+),
+
+betag as (
+
+    select item_id, list(tag order by tag_rank) as tags
+    from {{ ref('item_betags') }}
+    group by item_id
+
+),
+
+sources as (
+
+    select 'native' as tag_source, * from native
+    union all
+    select 'base' as tag_source, * from base
+    union all
+    select 'betag' as tag_source, * from betag
+
+),
+
+source_names as (
+
+    select * from (values ('native'), ('base'), ('betag')) as t(tag_source)
+
+),
+
+final as (
+
+    select
+        items.item_id,
+        source_names.tag_source,
+        coalesce(sources.tags, []) as tags,
+        len(coalesce(sources.tags, [])) as n_tags,
+        array_to_string(coalesce(sources.tags, []), ' | ') as document
+    from items
+    cross join source_names
+    left join sources
+        on items.item_id = sources.item_id
+        and source_names.tag_source = sources.tag_source
+
+)
+
+select * from final

@@ -1,0 +1,23 @@
+with
+
+source as (
+
+    select * from {{ source('llm', 'base_tags') }}
+
+),
+
+final as (
+
+    select
+        item_id,
+        tags,
+        len(tags) as n_tags,
+        model,
+        model_fingerprint,
+        prompt_version,
+        cast(generated_at as timestamp) as generated_at
+    from source
+
+)
+
+select * from final

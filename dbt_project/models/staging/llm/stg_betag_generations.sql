@@ -1,0 +1,24 @@
+with
+
+source as (
+
+    select * from {{ source('llm', 'betags') }}
+
+),
+
+final as (
+
+    select
+        item_id,
+        beam_texts,
+        beam_tags,
+        tags,
+        adapter_id,
+        model,
+        decoding,
+        cast(generated_at as timestamp) as generated_at
+    from source
+
+)
+
+select * from final

@@ -1,0 +1,88 @@
+"""Behavior-enhanced finetuning: windows, tag subsets, answer-only loss, a LoRA that learns."""
+
+import random
+
+import torch
+
+from dagster_betag.llm.behavior import answer_text
+from dagster_betag.llm.finetune import (
+    IGNORE_INDEX,
+    LoraConfig,
+    WindowConfig,
+    build_windows,
+    encode_example,
+    sample_tags,
+    train_lora,
+)
+from dagster_betag.llm.tags import format_tags
+
+SESSIONS = [(f"u{u}-1-1", [f"i{(u * 7 + k) % 30}" for k in range(12)]) for u in range(40)]
+ALL_ITEMS = {f"i{i}" for i in range(30)}
+
+
+def test_windows_respect_bounds_skip_untagged_items_and_hold_out_whole_sessions():
+    tagged = ALL_ITEMS - {"i3"}
+    config = WindowConfig(max_items=5, min_items=3, max_examples=None, validation_share=0.2, seed=1)
+    windows = build_windows(SESSIONS, tagged, config)
+    assert windows and all(2 <= len(w.context_item_ids) <= 4 for w in windows)
+    assert all("i3" not in (*w.context_item_ids, w.target_item_id) for w in windows)
+    by_session: dict[str, set[bool]] = {}
+    for window in windows:
+        by_session.setdefault(window.session_id, set()).add(window.is_validation)
+    assert all(len(flags) == 1 for flags in by_session.values())
+    assert {True, False} == {next(iter(flags)) for flags in by_session.values()}
+    # the window is the items right before the target, in session order
+    session = dict(SESSIONS)[windows[0].session_id]
+    kept = [item for item in session if item in tagged]
+    end = kept.index(windows[0].target_item_id)
+    assert list(windows[0].context_item_ids) == kept[max(0, end - 4) : end]
+
+
+def test_windows_are_sampled_reproducibly():
+    config = WindowConfig(max_examples=25, seed=3)
+    first = build_windows(SESSIONS, ALL_ITEMS, config)
+    assert len(first) == 25 and first == build_windows(SESSIONS, ALL_ITEMS, config)
+    assert first != build_windows(SESSIONS, ALL_ITEMS, WindowConfig(max_examples=25, seed=4))
+
+
+def test_tag_subsets_keep_80_to_100_percent_in_order():
+    tags = [f"t{i}" for i in range(10)]
+    rng = random.Random(0)
+    for _ in range(200):
+        subset = sample_tags(tags, rng, 0.8)
+        assert 8 <= len(subset) <= 10 and subset == [t for t in tags if t in subset]
+
+
+def test_loss_covers_the_answer_tokens_only(tiny_llm):
+    tokenizer = tiny_llm.tokenizer
+    context, target = [["space opera", "rebellion"], ["heist", "dark comedy"]], ["time travel", "romance"]
+    example = encode_example(tokenizer, context, target, max_length=512)
+    answer_ids = [token for token, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    assert example.labels[: len(example.labels) - len(answer_ids)] == [IGNORE_INDEX] * (len(example.labels) - len(answer_ids))
+    assert tokenizer.decode(answer_ids) == answer_text(tokenizer, context, target)
+    assert tokenizer.decode(answer_ids).startswith(format_tags(target))
+
+
+def test_too_long_examples_drop_the_oldest_items_first(tiny_llm):
+    tokenizer = tiny_llm.tokenizer
+    context = [[f"tag {i} alpha", f"tag {i} beta"] for i in range(12)]
+    full = encode_example(tokenizer, context, ["target tag"], max_length=4096)
+    short = encode_example(tokenizer, context, ["target tag"], max_length=len(full.input_ids) - 20)
+    assert len(short.input_ids) <= len(full.input_ids) - 20
+    text = tokenizer.decode(short.input_ids)
+    assert "tag 11 alpha" in text and "tag 0 alpha" not in text and text.endswith(tokenizer.decode(full.input_ids[-5:]))
+
+
+def test_lora_learns_the_windows_and_leaves_base_weights_untouched(tiny_llm):
+    tags = {item: [f"{item} mood", f"{item} theme", "shared tag"] for item in ALL_ITEMS}
+    windows = build_windows(SESSIONS[:6], ALL_ITEMS, WindowConfig(max_items=4, max_examples=8, validation_share=0.0))
+    base_before = {n: p.detach().clone() for n, p in tiny_llm.model.named_parameters()}
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    config = LoraConfig(target_modules=modules, epochs=10, learning_rate=5e-2, warmup_steps=1, batch_size=4, min_tag_share=1.0)
+    result = train_lora(tiny_llm, windows, tags, config)
+    assert result.n_train_examples == len(windows) and len(result.step_losses) == 20
+    assert sum(result.step_losses[-2:]) < 0.8 * sum(result.step_losses[:2]), result.step_losses
+    for name, parameter in result.model.named_parameters():
+        if "lora_" not in name:
+            original = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(parameter, base_before[original]), name
