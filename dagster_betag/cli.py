@@ -26,7 +26,7 @@ PREVIEW_SQL = {
     "Tags per source (k-core items)": (
         "select tag_source, count(*) filter (where n_tags > 0) as n_items_tagged, "
         "round(avg(n_tags) filter (where n_tags > 0), 2) as mean_tags, "
-        "round(avg((n_tags >= 3)::int), 3) as share_with_3_tags, "
+        "round(avg((n_tags >= 3)::int) filter (where n_tags > 0), 3) as share_with_3_tags, "
         "(select count(*) from marts.tag_vocabulary v where v.tag_source = d.tag_source) as n_distinct_tags "
         "from marts.item_tag_documents d group by tag_source order by tag_source"
     ),

@@ -7,6 +7,6 @@ laptop); full tags the whole k-core catalog.
 QUICK_PROFILE_ITEMS = 300
 
 PROFILES: dict[str, dict[str, int | None]] = {
-    "quick": {"max_items": QUICK_PROFILE_ITEMS, "max_examples": 200},
+    "quick": {"max_items": QUICK_PROFILE_ITEMS, "max_examples": 128},
     "full": {"max_items": None, "max_examples": 600},
 }

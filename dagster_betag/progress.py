@@ -14,11 +14,15 @@ class Progress:
     every ``log_every_s`` seconds (Dagster run logs), and draws a bar when stderr is a
     terminal (the command line)."""
 
-    def __init__(self, total: int, what: str, log: Callable[[str], None], log_every_s: float = 15.0):
-        self.total, self.what, self._log, self._log_every_s = total, what, log, log_every_s
+    def __init__(self, total: int, what: str, log: Callable[[str], None], log_every_s: float = 15.0, unit: str = "item"):
+        self.total, self.what, self.unit, self._log, self._log_every_s = total, what, unit, log, log_every_s
         self.done = 0
         self._started = self._last_log = time.perf_counter()
-        self._bar = tqdm(total=total, desc=what, unit="item", file=sys.stderr, disable=None, leave=False)
+        self._bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+    def set_total(self, total: int) -> None:
+        """For work whose size is known only once it starts (optimizer steps)."""
+        self.total = self._bar.total = total
 
     def advance(self, n: int) -> None:
         self.done += n
@@ -34,7 +38,7 @@ class Progress:
 
     def summary(self) -> str:
         eta = (self.total - self.done) / self.rate if self.rate > 0 else float("inf")
-        return f"{self.what}: {self.done}/{self.total} items, {self.rate:.2f} items/s, ETA {eta:.0f} s"
+        return f"{self.what}: {self.done}/{self.total} {self.unit}s, {self.rate:.2f} {self.unit}s/s, ETA {eta:.0f} s"
 
     def close(self) -> None:
         self._bar.close()

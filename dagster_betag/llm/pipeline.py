@@ -105,11 +105,10 @@ def finetune_run(
     land in the same folder; the folder appears whole (written aside, then renamed).
     """
     adapter_id = config_fingerprint(llm.fingerprint, data_fingerprint, lora_config)
-    total = max(1, len(windows))
-    progress = Progress(total, "LoRA finetuning", log)
+    progress = Progress(max(1, len(windows)), "LoRA finetuning", log, unit="step")
 
     def on_step(step: int, total_steps: int, loss: float) -> None:
-        progress.total = total_steps
+        progress.set_total(total_steps)
         progress.advance(1)
 
     try:
