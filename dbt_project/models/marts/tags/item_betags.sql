@@ -2,16 +2,9 @@
 
 with
 
-generations as (
-
-    select * from {{ ref('stg_betag_generations') }}
-
-),
-
 latest as (
 
-    select * from generations
-    qualify row_number() over (partition by item_id order by generated_at desc, adapter_id desc) = 1
+    select * from {{ ref('int_betag_generations_selected') }}
 
 ),
 

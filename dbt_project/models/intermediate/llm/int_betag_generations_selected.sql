@@ -1,0 +1,18 @@
+-- Each item's current BETag generation: its latest one (earlier ones stay in staging).
+
+with
+
+generations as (
+
+    select * from {{ ref('stg_betag_generations') }}
+
+),
+
+final as (
+
+    select * from generations
+    qualify row_number() over (partition by item_id order by generated_at desc, adapter_id desc) = 1
+
+)
+
+select * from final
