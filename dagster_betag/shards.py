@@ -9,7 +9,6 @@ Library code, no Dagster.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from dagster_betag.files import replacing
 from dagster_betag.progress import Progress
 
 SHARD_GLOB = "shard-*.parquet"
@@ -53,12 +53,8 @@ class ShardedTable:
         frame = rows.with_columns(pl.lit(value).alias(column) for column, value in self.run_key.items())
         name = f"shard-{len(list(self.folder.glob(SHARD_GLOB))):05d}-{uuid.uuid4().hex[:8]}.parquet"
         target = self.folder / name
-        temporary = self.folder / f".{name}.tmp"
-        try:
+        with replacing(target) as temporary:
             frame.write_parquet(temporary)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
         return target
 
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from dagster_betag.datasets.contract import LANDING_SCHEMAS, DatasetError, Lande
 from dagster_betag.datasets.fetch import fetch_movielens
 from dagster_betag.datasets.generic import read_generic
 from dagster_betag.datasets.movielens import read_movielens_1m, read_movielens_100k, read_movielens_latest
+from dagster_betag.files import replacing, temp_path_beside
 
 __all__ = [
     "FORMATS",
@@ -121,14 +121,15 @@ def write_landing(dataset: LandedDataset, landing_dir: str | Path) -> dict[str, 
     try:
         for name, frame in tables.items():
             target = landing_dir / f"{name}.parquet"
-            staged[target] = _temp_path(target)
+            staged[target] = temp_path_beside(target)
             frame.write_parquet(staged[target])
         _replace_all(staged)
     finally:
         for temp in staged.values():
             temp.unlink(missing_ok=True)
     counts = {name: frame.height for name, frame in tables.items()}
-    _write_atomically(landing_dir / MANIFEST_NAME, _manifest(dataset, counts))
+    with replacing(landing_dir / MANIFEST_NAME) as temporary:
+        temporary.write_bytes(_manifest(dataset, counts))
     return counts
 
 
@@ -183,11 +184,6 @@ def _manifest(dataset: LandedDataset, counts: dict[str, int]) -> bytes:
     return (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
 
 
-def _temp_path(target: Path) -> Path:
-    """A unique hidden name beside ``target``: same filesystem, so the final rename is atomic."""
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-
-
 def _replace_all(staged: dict[Path, Path]) -> None:
     """Rename every staged file over its target; if any rename fails, put all old targets back."""
     backups: dict[Path, Path | None] = {}
@@ -212,18 +208,9 @@ def _backup(target: Path) -> Path | None:
     """A second name for the current ``target`` (a hard link, or a copy where links are unsupported)."""
     if not target.exists():
         return None
-    backup = _temp_path(target)
+    backup = temp_path_beside(target)
     try:
         os.link(target, backup)
     except OSError:
         shutil.copy2(target, backup)
     return backup
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = _temp_path(path)
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

