@@ -1,6 +1,6 @@
 """Throughput of base-tag and BETag generation: batched pipeline code vs a naive loop.
 
-    python bench/llm_throughput.py [--items 32] [--groups 4]
+    python bench/llm_throughput.py [--items 32] [--groups 4] [--dtype auto|float32|bfloat16]
 
 Needs a built warehouse (`betag run`) for the item descriptions. Both variants run in
 this one process on the same items, so the ratio is meaningful on a noisy machine;
@@ -54,9 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--dtype", default="auto", help="model precision (LLMConfig.dtype)")
     args = parser.parse_args()
 
-    llm = load_llm(LLMConfig())
+    llm = load_llm(LLMConfig(dtype=args.dtype))
     rows = popular_kcore_items(WarehouseLayout(settings.warehouse_dir()).database_path, args.items)
     items = [ItemDescription.from_row(row) for row in rows]
     base_config = BaseTagConfig()
@@ -80,7 +81,7 @@ def main() -> None:
     )
     table.append((f"BETags, naive loop x {args.groups}", len(items), seconds, count_tokens(llm.tokenizer, texts)))
 
-    print(f"torch threads: {torch.get_num_threads()}, device: {llm.device}\n")
+    print(f"torch threads: {torch.get_num_threads()}, device: {llm.device}, dtype: {llm.model.dtype}\n")
     print("| stage | items | seconds | items/s | tokens/s | speed-up |")
     print("|---|---|---|---|---|---|")
     for index, (name, n, seconds, tokens) in enumerate(table):

@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     settings.put_interpreter_tools_on_path()
+    from dagster_betag.evaluation.data import EvaluationInputError
     from dagster_betag.llm.model import ModelError
 
     try:
         return args.handler(args)
-    except (DatasetError, ModelError, FileNotFoundError) as error:
+    except (DatasetError, ModelError, EvaluationInputError, FileNotFoundError) as error:
         print(f"betag: error: {error}", file=sys.stderr)
         return 1
 
@@ -95,6 +96,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
                      "then the embedded SmolLM2-135M-Instruct)")
     run.set_defaults(handler=_run)
+
+    results = commands.add_parser(
+        "results",
+        help="print an evaluation run's results in the layout of the poster's Tables 1-3",
+        description="Read marts.eval_results and print retrieval (Table 1), recommendation (Table 2) and "
+        "ablations (Table 3), under full ranking and the sampled protocol.",
+    )
+    results.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    results.add_argument("--run-id", help="evaluation run (default: the latest)")
+    results.add_argument("--split", default="test", choices=["validation", "test"])
+    results.set_defaults(handler=_results)
 
     fetch = commands.add_parser(
         "fetch-data",
@@ -238,11 +250,40 @@ def _print_summary(elapsed_s: float) -> None:
     with connect_readonly(layout.database_path) as connection:
         for title, sql in PREVIEW_SQL.items():
             print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql), max_chars=90)}")
+    _print_results(None, "test")
     print(
-        "\nNext: open the UI with `dagster dev -w workspace.yaml`, or query the marts in SQL:\n"
+        "\nNext: `betag results` prints these tables again; open the UI with `dagster dev -w workspace.yaml`,\n"
+        "or query the marts in SQL:\n"
         f"  python -c \"import duckdb; duckdb.connect('{layout.database_path}', read_only=True)"
         ".sql('select * from marts.dim_items limit 5').show()\""
     )
+
+
+def _results(args: argparse.Namespace) -> int:
+    if args.warehouse:
+        os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
+    _print_results(args.run_id, args.split)
+    return 0
+
+
+def _print_results(run_id: str | None, split: str) -> None:
+    from dagster_betag.evaluation.report import ablation_order, betag_comparison, poster_tables
+    from dagster_betag.evaluation.data import load_results
+    from dagster_betag.warehouse import WarehouseLayout
+
+    layout = WarehouseLayout(settings.warehouse_dir())
+    frame = load_results(layout.database_path, run_id)
+    first = frame.row(0, named=True)
+    print(f"\nEvaluation run {first['run_id']} on {first['dataset']} ({first['created_at']}, {first['n_items']} items)\n")
+    print(poster_tables(frame, split=split))
+    for title, (passed, table) in (
+        ("BETag vs base and native tags (N@10)", betag_comparison(frame)),
+        ("Ablation order of Table 3 (N@10)", ablation_order(frame)),
+    ):
+        print(f"{title}: {'holds' if passed else 'does not hold'}\n{table}\n")
+    charts = layout.directory / "reports" / first["run_id"]
+    if charts.is_dir():
+        print(f"charts: {charts}")
 
 
 def _fetch_data(args: argparse.Namespace) -> int:

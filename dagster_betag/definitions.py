@@ -2,9 +2,11 @@
 
 from dagster import Definitions
 
+from dagster_betag.defs.assets.evaluation import eval_results
 from dagster_betag.defs.assets.sources import dataset_files, landing_tables
 from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples
-from dagster_betag.defs.assets.warehouse_models import tag_models, warehouse_models
+from dagster_betag.defs.assets.warehouse_models import evaluation_models, tag_models, warehouse_models
+from dagster_betag.defs.checks import betag_ablation_order, betag_beats_base_and_native, llm_tag_documents_not_empty
 from dagster_betag.defs.jobs import betag_pipeline
 from dagster_betag.defs.resources import build_resources
 
@@ -18,7 +20,10 @@ defs = Definitions(
         behavior_adapter,
         betags,
         tag_models,
+        eval_results,
+        evaluation_models,
     ],
+    asset_checks=[betag_beats_base_and_native, betag_ablation_order, llm_tag_documents_not_empty],
     jobs=[betag_pipeline],
     resources=build_resources(),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -33,6 +33,50 @@ def tag_frequency_png(tag_counts: Sequence[tuple[str, int]], title: str) -> byte
     axes.barh(tags, counts)
     axes.set_xlabel("items")
     axes.set_title(title, fontsize=10)
+    return _png(figure)
+
+
+def grouped_bars_png(values: Mapping[str, Mapping[str, float]], ylabel: str, title: str) -> bytes:
+    """One group of bars per outer key (e.g. method / setting), one bar per inner key (tag source)."""
+    groups = list(values)
+    series = list(dict.fromkeys(name for group in values.values() for name in group))
+    width = 0.8 / max(1, len(series))
+    figure, axes = plt.subplots(figsize=(max(6, 1.2 * len(groups) + 2), 3.6), dpi=100)
+    for index, name in enumerate(series):
+        offsets = [position + (index - (len(series) - 1) / 2) * width for position in range(len(groups))]
+        axes.bar(offsets, [values[group].get(name, 0.0) for group in groups], width, label=name)
+    axes.set_xticks(range(len(groups)), groups, fontsize=8)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7, ncols=2)
+    return _png(figure)
+
+
+def curves_png(curves: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str, title: str) -> bytes:
+    """One line per key through its (x, y) points, x on a log2 axis (beam counts)."""
+    figure, axes = plt.subplots(figsize=(6, 3.4), dpi=100)
+    for name, points in curves.items():
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def rank_frequency_png(counts_by_series: Mapping[str, Sequence[int]], title: str) -> bytes:
+    """Tag popularity distribution: items per tag against the tag's rank, log-log, per series."""
+    figure, axes = plt.subplots(figsize=(6, 3.4), dpi=100)
+    for name, counts in counts_by_series.items():
+        ordered = sorted(counts, reverse=True)
+        axes.plot(range(1, len(ordered) + 1), ordered, label=f"{name} ({len(ordered)} tags)")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("tag rank")
+    axes.set_ylabel("items with the tag")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7)
     return _png(figure)
 
 

@@ -11,21 +11,26 @@ from typing import Any
 from dagster import Config
 from pydantic import Field, create_model
 
+from dagster_betag.evaluation.retrieval import RetrievalConfig
+from dagster_betag.evaluation.runner import EvaluationConfig
 from dagster_betag.llm.base_tags import BaseTagConfig
-from dagster_betag.llm.betag import BetagConfig
+from dagster_betag.llm.betag import ABLATIONS, BetagConfig
 from dagster_betag.llm.finetune import LoraConfig, WindowConfig
 from dagster_betag.profiles import PROFILES, QUICK_PROFILE_ITEMS
 
 
 
 def _config_fields(dataclass_type: type) -> dict[str, Any]:
+    """Every scalar or tuple field of the dataclass (nested dataclasses are flattened by the caller)."""
     hints = typing.get_type_hints(dataclass_type)
     fields = {}
     for field in dataclasses.fields(dataclass_type):
         annotation = hints[field.name]
+        if dataclasses.is_dataclass(annotation):
+            continue
         default = field.default
         if typing.get_origin(annotation) is tuple:  # Dagster config has lists, not tuples
-            annotation, default = list[str], list(default)
+            annotation, default = list[typing.get_args(annotation)[0]], list(default)
         fields[field.name] = (annotation, Field(default=default))
     return fields
 
@@ -41,13 +46,38 @@ SCOPE_FIELDS: dict[str, Any] = {
 BaseTagsConfig = create_model("BaseTagsConfig", __base__=Config, **SCOPE_FIELDS, **_config_fields(BaseTagConfig))
 FinetuneExamplesConfig = create_model("FinetuneExamplesConfig", __base__=Config, **_config_fields(WindowConfig))
 AdapterConfig = create_model("AdapterConfig", __base__=Config, **_config_fields(LoraConfig))
-BetagsConfig = create_model("BetagsConfig", __base__=Config, **SCOPE_FIELDS, **_config_fields(BetagConfig))
+BetagsConfig = create_model(
+    "BetagsConfig",
+    __base__=Config,
+    **SCOPE_FIELDS,
+    **_config_fields(BetagConfig),
+    ablations=(
+        list[str],
+        Field(
+            default=[variant.name for variant in ABLATIONS],
+            description="Table 3 ablations decoded after the BETags: no_finetune, one_beam, neither ([] = none).",
+        ),
+    ),
+)
+
+
+EvaluationRunConfig = create_model(
+    "EvaluationRunConfig", __base__=Config, **_config_fields(EvaluationConfig), **_config_fields(RetrievalConfig)
+)
 
 
 def to_dataclass(config: Config, dataclass_type: type):
-    """The library dataclass holding the values of ``config``."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(dataclass_type)}
-    return dataclass_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """The library dataclass holding the values of ``config`` (nested dataclass fields are
+    filled from the same flat config)."""
+    hints = typing.get_type_hints(dataclass_type)
+    values = {}
+    for field in dataclasses.fields(dataclass_type):
+        if dataclasses.is_dataclass(hints[field.name]):
+            values[field.name] = to_dataclass(config, hints[field.name])
+        else:
+            value = getattr(config, field.name)
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return dataclass_type(**values)
 
 
 def profile_run_config(profile: str) -> dict:
@@ -58,5 +88,6 @@ def profile_run_config(profile: str) -> dict:
             "llm__base_tags": {"config": scope},
             "llm__finetune_examples": {"config": {"max_examples": PROFILES[profile]["max_examples"]}},
             "llm__betags": {"config": scope},
+            "evaluation__eval_results": {"config": {"seeds": PROFILES[profile]["seeds"]}},
         }
     }

@@ -7,7 +7,7 @@ Only base tags are needed, so items without any behavior (cold start) get BETags
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -38,6 +38,27 @@ class BetagConfig:
             min_new_tokens=self.min_new_tokens,
             max_new_tokens=self.max_new_tokens,
         )
+
+
+@dataclass(frozen=True)
+class BetagVariant:
+    """A row of the poster's Table 3: whether the finetuned model decodes, and whether it
+    decodes several diverse beams (else one greedy beam)."""
+
+    name: str
+    finetuned: bool
+    multi_beam: bool
+
+    def decoding_config(self, config: BetagConfig) -> BetagConfig:
+        return config if self.multi_beam else replace(config, num_groups=1, beams_per_group=1)
+
+
+FULL_BETAG = BetagVariant("betag", finetuned=True, multi_beam=True)
+ABLATIONS = (
+    BetagVariant("no_finetune", finetuned=False, multi_beam=True),
+    BetagVariant("one_beam", finetuned=True, multi_beam=False),
+    BetagVariant("neither", finetuned=False, multi_beam=False),
+)
 
 
 @dataclass(frozen=True)

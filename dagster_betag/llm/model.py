@@ -127,6 +127,11 @@ class LoadedLLM:
     fingerprint: str
     device: str
 
+    @property
+    def precision(self) -> str:
+        """The weights' dtype name (``float32``, ``bfloat16``): outputs depend on it, so it keys them."""
+        return str(self.model.dtype).removeprefix("torch.")
+
 
 def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> LoadedLLM:
     """Load the model and tokenizer named by ``config``; raise ModelError with one line on failure."""

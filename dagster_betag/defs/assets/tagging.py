@@ -22,7 +22,7 @@ from dagster_betag.defs.config import (
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
 from dagster_betag.files import replacing
 from dagster_betag.llm.base_tags import BaseTagConfig
-from dagster_betag.llm.betag import BetagConfig
+from dagster_betag.llm.betag import ABLATIONS, FULL_BETAG, BetagConfig, BetagVariant
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, ItemDescription
@@ -33,15 +33,17 @@ from dagster_betag.warehouse import behavior_sessions, markdown_table, popular_k
 CURRENT_ADAPTER_FILE = "current_adapter.json"
 
 
-def base_tag_table(warehouse: WarehouseResource, llm) -> ShardedTable:
-    return ShardedTable(
-        warehouse.layout.landing_dir / "base_tags",
-        {"model": llm.name, "model_fingerprint": llm.fingerprint, "prompt_version": BASE_TAG_PROMPT_VERSION},
-    )
+def base_tag_table(warehouse: WarehouseResource, llm, generation: BaseTagConfig | None = None) -> ShardedTable:
+    """The base-tag shards of this model and prompt version; with ``generation``, only those
+    decoded with that configuration at the loaded precision (what a run resumes from)."""
+    run_key = {"model": llm.name, "model_fingerprint": llm.fingerprint, "prompt_version": BASE_TAG_PROMPT_VERSION}
+    if generation is not None:
+        run_key |= {"precision": llm.precision, "generation": config_fingerprint(generation)}
+    return ShardedTable(warehouse.layout.landing_dir / "base_tags", run_key)
 
 
 def current_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
-    """item id -> latest base tags of this model and prompt version."""
+    """item id -> latest base tags of this model and prompt version, whatever decoded them."""
     frame = base_tag_table(warehouse, llm).read()
     if frame is None:
         return {}
@@ -72,11 +74,12 @@ def tag_quality_metadata(tags_by_item: dict[str, list[str]], what: str) -> dict:
 def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMResource, warehouse: WarehouseResource):
     loaded = llm.load()
     items = [ItemDescription.from_row(row) for row in popular_kcore_items(warehouse.layout.database_path, config.max_items)]
+    generation = to_dataclass(config, BaseTagConfig)
     counts = base_tag_run(
         loaded,
         items,
-        base_tag_table(warehouse, loaded),
-        to_dataclass(config, BaseTagConfig),
+        base_tag_table(warehouse, loaded, generation),
+        generation,
         shard_size=config.shard_size,
         log=context.log.info,
     )
@@ -181,39 +184,78 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
     )
 
 
+def betag_scope(warehouse: WarehouseResource, base, max_items: int | None) -> dict[str, list[str]]:
+    """item id -> base tags, for the (most popular first) k-core items in scope that have them."""
+    tags = current_base_tags(warehouse, base)
+    scope = [row["item_id"] for row in popular_kcore_items(warehouse.layout.database_path, max_items)]
+    return {item_id: tags[item_id] for item_id in scope if item_id in tags}
+
+
+def generate_variant(
+    context: AssetExecutionContext, variant: BetagVariant, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource
+) -> tuple[dict, dict[str, list[str]], dict[str, list[str]]]:
+    """Decode ``variant`` for the items in scope into the BETag shards.
+
+    Returns (metadata, item -> base tags, item -> aggregated tags)."""
+    base = llm.load()
+    items = betag_scope(warehouse, base, config.max_items)
+    if variant.finetuned:
+        pointer = json.loads((warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE).read_text())
+        adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
+    else:
+        adapter_id, model = "none", base
+    betag_config = variant.decoding_config(to_dataclass(config, BetagConfig))
+    table = ShardedTable(
+        warehouse.layout.landing_dir / "betags",
+        {
+            "variant": variant.name,
+            "adapter_id": adapter_id,
+            "model": base.name,
+            "precision": base.precision,
+            "decoding": config_fingerprint(betag_config),
+        },
+    )
+    context.log.info(f"BETag variant {variant.name}: {betag_config.num_groups} group(s), adapter {adapter_id}")
+    counts = betag_run(model, items, table, betag_config, shard_size=config.shard_size, log=context.log.info)
+    latest = table.read().sort("generated_at").unique("item_id", keep="last").filter(pl.col("item_id").is_in(list(items)))
+    tagged = {row["item_id"]: [t["tag"] for t in row["tags"]] for row in latest.iter_rows(named=True)}
+    metadata = {
+        "adapter_id": adapter_id,
+        "n_generated": counts.n_generated,
+        "n_skipped_already_done": counts.n_skipped,
+        "seconds": round(counts.seconds, 1),
+        "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
+    }
+    return metadata, items, tagged
+
+
 @asset(
     key=AssetKey(["llm", "betags"]),
     deps=[AssetKey(["llm", "behavior_adapter"]), AssetKey(["llm", "base_tags"])],
     group_name="llm",
-    description="BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated.",
+    description=(
+        "BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated; "
+        "then the configured ablations of the poster's Table 3 (no_finetune, one_beam, neither)."
+    ),
 )
 def betags(context: AssetExecutionContext, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource):
-    base = llm.load()
-    pointer = json.loads((warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE).read_text())
-    tuned = load_adapter(base, Path(pointer["folder"]))
-    tags = current_base_tags(warehouse, base)
-    scope = [row["item_id"] for row in popular_kcore_items(warehouse.layout.database_path, config.max_items)]
-    items = {item_id: tags[item_id] for item_id in scope if item_id in tags}
-    betag_config = to_dataclass(config, BetagConfig)
-    table = ShardedTable(
-        warehouse.layout.landing_dir / "betags",
-        {"adapter_id": pointer["adapter_id"], "model": base.name, "decoding": config_fingerprint(betag_config)},
-    )
-    counts = betag_run(tuned, items, table, betag_config, shard_size=config.shard_size, log=context.log.info)
-    frame = table.read()
-    latest = frame.sort("generated_at").unique("item_id", keep="last").filter(pl.col("item_id").is_in(list(items)))
-    tagged = {row["item_id"]: [t["tag"] for t in row["tags"]] for row in latest.iter_rows(named=True)}
-    titles = {row["item_id"]: row["title"] for row in popular_kcore_items(warehouse.layout.database_path, 8)}
-    sample = [(titles[i], ", ".join(items.get(i, [])), ", ".join(tagged.get(i, []))) for i in titles]
+    metadata, base_tags_of, tagged = generate_variant(context, FULL_BETAG, config, llm, warehouse)
+    sample = [
+        (row["title"], ", ".join(base_tags_of.get(row["item_id"], [])), ", ".join(tagged.get(row["item_id"], [])))
+        for row in popular_kcore_items(warehouse.layout.database_path, 8)
+    ]
+    for variant in (v for v in ABLATIONS if v.name in config.ablations):
+        variant_metadata, _, variant_tagged = generate_variant(context, variant, config, llm, warehouse)
+        quality = tag_quality_metadata(variant_tagged, variant.name)
+        metadata |= {
+            f"{variant.name}/{key}": value
+            for key, value in {**variant_metadata, **quality}.items()
+            if not isinstance(value, MetadataValue)
+        }
     return MaterializeResult(
         metadata={
-            "adapter_id": pointer["adapter_id"],
-            "n_generated": counts.n_generated,
-            "n_skipped_already_done": counts.n_skipped,
-            "seconds": round(counts.seconds, 1),
-            "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
+            **metadata,
             **tag_quality_metadata(tagged, "BETags"),
             "sample": MetadataValue.md(markdown_table(["title", "base tags", "BETags"], sample, max_chars=120)),
         }
     )
-

@@ -24,13 +24,14 @@ class BetagDbtTranslator(DagsterDbtTranslator):
 
 
 LLM_OUTPUTS = "tag:llm_outputs"
+EVALUATION_OUTPUTS = "tag:evaluation_outputs"
 
 
 @dbt_assets(
     manifest=betag_dbt_project.manifest_path,
     project=betag_dbt_project,
     dagster_dbt_translator=BetagDbtTranslator(),
-    exclude=LLM_OUTPUTS,
+    exclude=f"{LLM_OUTPUTS} {EVALUATION_OUTPUTS}",
 )
 def warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
     """``dbt build`` of everything upstream of the LLM: staging, sequences, sessions, catalog."""
@@ -45,6 +46,17 @@ def warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, wareho
 )
 def tag_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
     """``dbt build`` of the tag tables over the shards the LLM assets wrote."""
+    yield from _build(context, dbt, warehouse)
+
+
+@dbt_assets(
+    manifest=betag_dbt_project.manifest_path,
+    project=betag_dbt_project,
+    dagster_dbt_translator=BetagDbtTranslator(),
+    select=EVALUATION_OUTPUTS,
+)
+def evaluation_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+    """``dbt build`` of the results table over the shards the evaluation asset wrote."""
     yield from _build(context, dbt, warehouse)
 
 

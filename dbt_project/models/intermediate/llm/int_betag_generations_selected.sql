@@ -1,4 +1,4 @@
--- Each item's current BETag generation: its latest one (earlier ones stay in staging).
+-- Each item's current BETag generation per variant: its latest one (earlier ones stay in staging).
 
 with
 
@@ -11,7 +11,7 @@ generations as (
 final as (
 
     select * from generations
-    qualify row_number() over (partition by item_id order by generated_at desc, adapter_id desc) = 1
+    qualify row_number() over (partition by item_id, variant order by generated_at desc, adapter_id desc) = 1
 
 )
 

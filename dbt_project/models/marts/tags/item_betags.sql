@@ -5,6 +5,7 @@ with
 latest as (
 
     select * from {{ ref('int_betag_generations_selected') }}
+    where variant = 'betag'
 
 ),
 

@@ -34,6 +34,26 @@ betag as (
 
 ),
 
+-- the Table 3 ablations, each item's latest generation of the variant
+betag_ablations as (
+
+    select
+        'betag_' || variant as tag_source,
+        item_id,
+        list_transform(tags, lambda weighted: weighted.tag) as tags
+    from {{ ref('int_betag_generations_selected') }}
+    where variant <> 'betag'
+
+),
+
+propagated as (
+
+    select item_id, list(tag order by tag_rank) as tags
+    from {{ ref('item_propagated_tags') }}
+    group by item_id
+
+),
+
 sources as (
 
     select 'native' as tag_source, * from native
@@ -41,12 +61,21 @@ sources as (
     select 'base' as tag_source, * from base
     union all
     select 'betag' as tag_source, * from betag
+    union all
+    select * from betag_ablations
+    union all
+    select 'propagated' as tag_source, * from propagated
 
 ),
 
 source_names as (
 
-    select * from (values ('native'), ('base'), ('betag')) as t(tag_source)
+    select * from (
+        values
+            ('native'), ('base'), ('betag'),
+            ('betag_no_finetune'), ('betag_one_beam'), ('betag_neither'),
+            ('propagated')
+    ) as t(tag_source)
 
 ),
 

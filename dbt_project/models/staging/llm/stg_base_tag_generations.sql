@@ -15,6 +15,8 @@ final as (
         model,
         model_fingerprint,
         prompt_version,
+        precision,
+        generation,
         cast(generated_at as timestamp) as generated_at
     from source
 

@@ -10,11 +10,13 @@ final as (
 
     select
         item_id,
+        variant,
         beam_texts,
         beam_tags,
         tags,
         adapter_id,
         model,
+        precision,
         decoding,
         cast(generated_at as timestamp) as generated_at
     from source

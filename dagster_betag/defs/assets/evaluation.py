@@ -1,0 +1,66 @@
+"""The evaluation: every tag source under retrieval (and recommendation), written as one
+shard of result rows that dbt turns into ``marts.eval_results``."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from dagster_betag import settings
+from dagster_betag.defs.config import EvaluationRunConfig, to_dataclass
+from dagster_betag.defs.resources import DatasetResource, WarehouseResource
+from dagster_betag.evaluation.data import load_tag_popularity
+from dagster_betag.evaluation.report import beam_curve_png, method_bars_png, poster_tables, results_frame
+from dagster_betag.evaluation.runner import EvaluationConfig, evaluate_warehouse
+from dagster_betag.llm.pipeline import now_text
+from dagster_betag.plots import markdown_image, rank_frequency_png
+from dagster_betag.shards import ShardedTable
+
+EVAL_RESULTS_FOLDER = "eval_results"
+
+
+@asset(
+    key=AssetKey(["evaluation", "eval_results"]),
+    deps=[
+        AssetKey(["marts", "item_tag_documents"]),
+        AssetKey(["marts", "item_betag_beams"]),
+        AssetKey(["marts", "fct_user_sequences"]),
+    ],
+    group_name="evaluation",
+    description=(
+        "H@10 / N@10 of every tag source (native, base, BETag, ablations, count-based) under BM25 and BiRank "
+        "retrieval, user- and item-based, full ranking and sampled; one results shard per run."
+    ),
+)
+def eval_results(
+    context: AssetExecutionContext, config: EvaluationRunConfig, dataset: DatasetResource, warehouse: WarehouseResource
+):
+    evaluation_config = to_dataclass(config, EvaluationConfig)
+    evaluation = evaluate_warehouse(warehouse.layout.database_path, evaluation_config, context.log.info)
+    dataset_name = Path(settings.resolve_dataset_dir(dataset.path)).name
+    frame = results_frame(
+        evaluation, evaluation_config, run_id=context.run.run_id, dataset=dataset_name, created_at=now_text()
+    )
+    path = ShardedTable(warehouse.layout.landing_dir / EVAL_RESULTS_FOLDER, {}).write(frame)
+    charts = {
+        "n_at_10_by_method": method_bars_png(frame),
+        "beam_count_curve": beam_curve_png(frame),
+        "tag_popularity": rank_frequency_png(
+            load_tag_popularity(warehouse.layout.database_path), "tag popularity per source"
+        ),
+    }
+    reports = warehouse.layout.directory / "reports" / context.run.run_id
+    reports.mkdir(parents=True, exist_ok=True)
+    for name, png in charts.items():
+        if png is not None:
+            (reports / f"{name}.png").write_bytes(png)
+    metadata = {
+        "dagster/row_count": frame.height,
+        "n_items": evaluation.data.n_items,
+        "n_users": len(evaluation.data.users),
+        "tag_sources": ", ".join(evaluation.sources),
+        "path": str(path),
+        "charts_folder": str(reports),
+        "tables": MetadataValue.md(poster_tables(frame)),
+        **{name: MetadataValue.md(markdown_image(png, name)) for name, png in charts.items() if png is not None},
+    }
+    return MaterializeResult(metadata=metadata)

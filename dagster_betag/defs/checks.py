@@ -1,0 +1,68 @@
+"""Asset checks: does BETag deliver (on the latest evaluation), and are the tag documents usable.
+
+The BETag checks read the latest run's rows of ``marts.eval_results``; they WARN rather than
+fail, so a run whose tags lose still lands its tables and its numbers.
+"""
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
+
+from dagster_betag.defs.resources import WarehouseResource
+from dagster_betag.evaluation.data import LLM_TAG_SOURCES, load_results
+from dagster_betag.evaluation.report import ablation_order, betag_comparison
+from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
+
+BETAGS = AssetKey(["llm", "betags"])
+EVAL_RESULTS = AssetKey(["marts", "eval_results"])
+TAG_DOCUMENTS = AssetKey(["marts", "item_tag_documents"])
+MAX_EMPTY_SHARE = 0.05
+
+
+def _verdict(passed: bool, table: str, what: str) -> AssetCheckResult:
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=what if passed else f"not yet: {what}",
+        metadata={"comparison": MetadataValue.md(table)},
+    )
+
+
+@asset_check(
+    asset=BETAGS,
+    additional_deps=[EVAL_RESULTS],
+    description="BETag N@10 >= base tags and native tags for BM25 and BiRank, user- and item-based (test, full ranking).",
+)
+def betag_beats_base_and_native(warehouse: WarehouseResource) -> AssetCheckResult:
+    passed, table = betag_comparison(load_results(warehouse.layout.database_path))
+    return _verdict(passed, table, "BETag at least as good as base and native tags everywhere")
+
+
+@asset_check(
+    asset=BETAGS,
+    additional_deps=[EVAL_RESULTS],
+    description="The poster's Table 3 order: BETag > without finetuning, without multi-beam > without both.",
+)
+def betag_ablation_order(warehouse: WarehouseResource) -> AssetCheckResult:
+    passed, table = ablation_order(load_results(warehouse.layout.database_path))
+    return _verdict(passed, table, "ablation order of Table 3 holds")
+
+
+@asset_check(
+    asset=TAG_DOCUMENTS,
+    description=f"Among items with base tags, at most {MAX_EMPTY_SHARE:.0%} have an empty document of any LLM tag source.",
+)
+def llm_tag_documents_not_empty(warehouse: WarehouseResource) -> AssetCheckResult:
+    sources = ", ".join(f"'{source}'" for source in LLM_TAG_SOURCES)
+    with connect_readonly(warehouse.layout.database_path) as connection:
+        columns, rows = fetch_rows(
+            connection,
+            "with tagged as (select item_id from marts.item_tag_documents where tag_source = 'base' and n_tags > 0) "
+            "select tag_source, count(*) as n_items, count(*) filter (where n_tags = 0) as n_empty, "
+            "round(n_empty / count(*), 4) as empty_share "
+            f"from marts.item_tag_documents join tagged using (item_id) where tag_source in ({sources}) "
+            "group by tag_source having count(*) filter (where n_tags > 0) > 0 order by tag_source",
+        )
+    worst = max((row[3] for row in rows), default=0.0)
+    return AssetCheckResult(
+        passed=worst <= MAX_EMPTY_SHARE,
+        metadata={"max_empty_share": float(worst), "per_source": MetadataValue.md(markdown_table(columns, rows))},
+    )

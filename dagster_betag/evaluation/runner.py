@@ -1,0 +1,252 @@
+"""One evaluation run: every tag source x method x setting x protocol, as result rows.
+
+The rows are what the ``eval_results`` table holds (one metric value per row, with the
+protocol recorded next to it), so runs accumulate and stay comparable in SQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from dagster_betag.evaluation.data import (
+    EvalData,
+    EvaluationInputError,
+    ItemBeams,
+    load_betag_beams,
+    load_eval_data,
+    load_tag_documents,
+    load_tag_sources,
+)
+from dagster_betag.evaluation.metrics import CUTOFF
+from dagster_betag.evaluation.sasrec import SASRecConfig
+from dagster_betag.evaluation.sequential import run_seeds
+from dagster_betag.evaluation.text_encoder import TextEncoder
+from dagster_betag.evaluation.unisrec import UniSRecConfig, item_texts
+from dagster_betag.llm.betag import aggregate_beams
+from dagster_betag.evaluation.retrieval import (
+    PROTOCOLS,
+    SETTINGS,
+    RetrievalConfig,
+    rank_targets,
+    sample_candidate_sets,
+    summarize_ranks,
+)
+
+Log = Callable[[str], None]
+
+NO_TAGS = "none"  # the tag_source of tag-free methods (popular, SASRec)
+ALL_USERS = "all"
+BUCKETS = ("cold", "mid", "head")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What one run measures.
+
+    ``head_share`` / ``cold_share``: the most / least popular shares of the catalog by train
+    interactions that define the target-popularity buckets (the rest is mid); the bucket rows
+    show where tags help items with little behavior. ``restrict_to_llm_tagged``: evaluate over
+    the items that have base tags (a quick run tags only the most popular ones), so every tag
+    source is compared on the same catalog and users."""
+
+    splits: tuple[str, ...] = ("validation", "test")
+    settings: tuple[str, ...] = SETTINGS
+    protocols: tuple[str, ...] = PROTOCOLS
+    retrieval_methods: tuple[str, ...] = ("bm25", "birank")
+    head_share: float = 0.1
+    cold_share: float = 0.5
+    beam_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 40)  # Fig. 2a: those up to the decoded number
+    recommenders: tuple[str, ...] = ("sasrec", "unisrec", "als")
+    unisrec_sources: tuple[str, ...] = ("native", "base", "betag", "propagated")
+    seeds: tuple[int, ...] = (0, 1, 2)  # recommender training seeds (test split only)
+    recommender_max_epochs: int = 10
+    restrict_to_llm_tagged: bool = True
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    split: str
+    protocol: str
+    setting: str
+    method: str
+    tag_source: str
+    bucket: str
+    metric: str
+    value: float
+    std_error: float
+    n_users: int
+    n_candidates: int
+    seed: int
+
+
+def popularity_buckets(data: EvalData, head_share: float, cold_share: float) -> np.ndarray:
+    """(n_items,) bucket name of each item: ``head`` for the ``head_share`` most popular items
+    by train interactions, ``cold`` for the ``cold_share`` least popular, else ``mid``
+    (ties by catalog order, so the buckets partition the catalog exactly)."""
+    order = np.argsort(-data.train_popularity(), kind="stable")  # most popular first
+    buckets = np.full(data.n_items, "mid", dtype=object)
+    n_head = int(round(head_share * data.n_items))
+    n_cold = int(round(cold_share * data.n_items))
+    buckets[order[:n_head]] = "head"
+    buckets[order[data.n_items - n_cold :]] = "cold"
+    return buckets
+
+
+def rank_rows(
+    ranks: np.ndarray,
+    targets: np.ndarray,
+    buckets: np.ndarray,
+    *,
+    split: str,
+    protocol: str,
+    setting: str,
+    method: str,
+    tag_source: str,
+    n_candidates: int,
+    seed: int,
+) -> list[ResultRow]:
+    """H@10 and N@10 rows over all users and per bucket of the target's popularity."""
+    rows = []
+    target_buckets = buckets[targets]
+    for bucket in (ALL_USERS, *BUCKETS):
+        chosen = ranks if bucket == ALL_USERS else ranks[target_buckets == bucket]
+        if chosen.size == 0:
+            continue
+        summary = summarize_ranks(chosen, CUTOFF)
+        for metric in (f"H@{CUTOFF}", f"N@{CUTOFF}"):
+            rows.append(
+                ResultRow(
+                    split, protocol, setting, method, tag_source, bucket, metric,
+                    float(summary[metric]), float(summary[f"{metric}_se"]), int(chosen.size), n_candidates, seed,
+                )
+            )  # fmt: skip
+    return rows
+
+
+def evaluate_retrieval(
+    data: EvalData, documents_by_source: Mapping[str, Mapping[str, Sequence]], config: EvaluationConfig, log: Log
+) -> list[ResultRow]:
+    """Popular once, then every retrieval method on every tag source, for each split,
+    setting and protocol; the sampled candidate sets are drawn once per split and shared."""
+    buckets = popularity_buckets(data, config.head_share, config.cold_share)
+    rows: list[ResultRow] = []
+    for split in config.splits:
+        candidate_sets = sample_candidate_sets(data, split, config.retrieval)
+        for protocol in config.protocols:
+            sets = candidate_sets if protocol == "sampled" else None
+            runs = [("popular", NO_TAGS, None)] + [
+                (method, source, documents)
+                for source, documents in documents_by_source.items()
+                for method in config.retrieval_methods
+            ]
+            for setting in config.settings:
+                for method, source, documents in runs:
+                    started = time.perf_counter()
+                    result = rank_targets(data, documents, method, setting, split, protocol, config.retrieval, sets)
+                    rows += rank_rows(
+                        result.ranks, result.targets, buckets,
+                        split=split, protocol=protocol, setting=setting, method=method, tag_source=source,
+                        n_candidates=result.n_candidates, seed=config.retrieval.seed,
+                    )  # fmt: skip
+                    log(
+                        f"{split}/{protocol}/{setting} {method} on {source}: "
+                        f"N@10 {summarize_ranks(result.ranks)['N@10']:.4f} ({time.perf_counter() - started:.1f} s)"
+                    )
+    return rows
+
+
+def beam_prefix_documents(beams_by_item: Mapping[str, ItemBeams], n_generated: int, top_k: int) -> dict:
+    """BETag documents from only the first ``n_generated`` generated beams of each item (plus
+    the base-tag beam when the generation kept it): the poster's Fig. 2a without decoding
+    again. Group g of the diverse search depends only on groups before it, so with one beam
+    per group the first k beams are exactly what a k-group run decodes."""
+    return {
+        item_id: [weighted.tag for weighted in aggregate_beams([*beams.base, *beams.generated[:n_generated]], top_k)]
+        for item_id, beams in beams_by_item.items()
+    }
+
+
+def protocol_record(config: EvaluationConfig, data: EvalData) -> dict:
+    """The settings a result depends on, stored with every run."""
+    return {**asdict(config), "n_items": data.n_items, "n_users": len(data.users)}
+
+
+@dataclass
+class Evaluation:
+    rows: list[ResultRow]
+    data: EvalData
+    sources: list[str]
+    beam_counts: list[int]
+
+
+def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) -> Evaluation:
+    """Every tag source of the warehouse under every configured method, setting and protocol,
+    plus the beam-count curve of the BETags (test split, full ranking)."""
+    data = load_eval_data(database_path)
+    sources = load_tag_sources(database_path)
+    documents = {source: load_tag_documents(database_path, source) for source in sources}
+    if config.restrict_to_llm_tagged and "base" in documents:
+        data = data.restrict_to([item_id for item_id, tags in documents["base"].items() if tags])
+    if not data.users:
+        raise EvaluationInputError("no user has train, validation and test items in the evaluation catalog")
+    log(f"evaluating {len(sources)} tag sources on {data.n_items} items and {len(data.users)} users")
+    rows = evaluate_retrieval(data, documents, config, log)
+    beam_counts: list[int] = []
+    if "betag" in sources:
+        beams = load_betag_beams(database_path)
+        decoded = max((len(b.generated) for b in beams.values()), default=0)
+        top_k = max(len(tags) for tags in documents["betag"].values())
+        beam_counts = [k for k in config.beam_counts if k < decoded] + [decoded]
+        curve = replace(config, splits=("test",), protocols=("full",))
+        for k in beam_counts:
+            prefix = {f"betag:{k}_beams": beam_prefix_documents(beams, k, top_k)}
+            rows += [row for row in evaluate_retrieval(data, prefix, curve, log) if row.method != "popular"]
+    if config.recommenders:
+        rows += evaluate_recommenders(data, documents, config, log)
+    return Evaluation(rows, data, sources, beam_counts)
+
+
+def evaluate_recommenders(
+    data: EvalData, documents_by_source: Mapping[str, Mapping[str, Sequence[str]]], config: EvaluationConfig, log: Log
+) -> list[ResultRow]:
+    """Each recommender, once per seed, ranked on the test split in every setting and
+    protocol (the sampled candidates are those of the retrieval rows)."""
+    if not any(len(user.train) >= 2 for user in data.users):
+        log("recommenders skipped: no user has two train items in the evaluation catalog to learn from")
+        return []
+    buckets = popularity_buckets(data, config.head_share, config.cold_share)
+    protocols = {
+        protocol: (sample_candidate_sets(data, "test", config.retrieval) if protocol == "sampled" else None)
+        for protocol in config.protocols
+    }
+    runs: list[tuple[str, str, np.ndarray | None]] = []
+    for kind in config.recommenders:
+        if kind != "unisrec":
+            runs.append((kind, NO_TAGS, None))
+            continue
+        encoder = TextEncoder()
+        for source in (s for s in config.unisrec_sources if s in documents_by_source):
+            runs.append((kind, source, encoder.encode(item_texts(data.item_ids, documents_by_source[source]))))
+    rows: list[ResultRow] = []
+    targets = data.indices([user.test for user in data.users])
+    for kind, source, text in runs:
+        model_config = None
+        if kind != "als":
+            model_config = (UniSRecConfig if kind == "unisrec" else SASRecConfig)(max_epochs=config.recommender_max_epochs)
+        seed_runs = run_seeds(data, kind, protocols, "test", text, config.seeds, model_config, log, config.settings)
+        for run in seed_runs:
+            for (setting, protocol), ranks in run.ranks.items():
+                rows += rank_rows(
+                    ranks, targets, buckets,
+                    split="test", protocol=protocol, setting=setting, method=kind, tag_source=source,
+                    n_candidates=data.n_items if protocol == "full" else max(len(c) for c in protocols[protocol]),
+                    seed=run.seed,
+                )  # fmt: skip
+        log(f"{kind} on {source}: {len(seed_runs)} seed(s) done")
+    return rows
