@@ -90,8 +90,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="quick",
         choices=sorted(PROFILES),
-        help="quick (default): tag the 300 most popular k-core items, minutes on a laptop; "
-        "full: every k-core item (about an hour on a 2-core CPU)",
+        help="quick (default): tag the 200 most popular k-core items, minutes on a laptop; "
+        "full: every k-core item, with the Table 3 ablations and 3 recommender seeds (hours on a 2-core CPU)",
+    )
+    run.add_argument(
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the Table 3 ablations (no finetuning, one beam, neither) for the evaluation "
+        "(default: with --profile full only; each costs up to one more BETag pass)",
     )
     run.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
                      "then the embedded SmolLM2-135M-Instruct)")
@@ -150,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
                 instance=instance,
                 raise_on_error=False,
                 run_config={
-                    **profile_run_config(args.profile),
+                    **profile_run_config(args.profile, args.ablations),
                     # INFO: the stages' own progress lines (rate, ETA); the framework's chatter is DEBUG
                     "loggers": {"console": {"config": {"log_level": "INFO"}}},
                 },

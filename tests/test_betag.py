@@ -24,7 +24,7 @@ def test_ties_keep_first_appearance_order():
 
 def test_generation_keeps_order_base_beam_and_top_k(tiny_llm):
     items = [("1", ["space opera", "rebellion"]), ("2", ["heist"]), ("3", ["coming of age", "summer", "friendship"])]
-    config = BetagConfig(num_groups=3, beams_per_group=2, max_new_tokens=12, top_k=4, batch_size=2)
+    config = BetagConfig(num_groups=3, beams_per_group=2, max_new_tokens=12, top_k=4, batch_rows=12)
     done: list[int] = []
     results = generate_betags(tiny_llm, items, config, on_batch=done.append)
     assert [r.item_id for r in results] == ["1", "2", "3"] and sum(done) == 3
@@ -42,3 +42,10 @@ def test_cold_items_need_only_base_tags(tiny_llm):
     config = BetagConfig(num_groups=2, max_new_tokens=8, include_base_tags=False)
     (result,) = generate_betags(tiny_llm, [("new-item", ["documentary", "nature"])], config)
     assert len(result.beam_tags) == 2
+
+
+def test_profiles_name_the_ablations_the_library_decodes():
+    from dagster_betag.llm.betag import ABLATIONS
+    from dagster_betag.profiles import ALL_ABLATIONS
+
+    assert ALL_ABLATIONS == [variant.name for variant in ABLATIONS]

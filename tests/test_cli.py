@@ -40,8 +40,9 @@ def independent_five_core(ratings_csv: Path) -> pl.DataFrame:
 def test_run_builds_the_default_dataset_and_reports_its_figures(ml_latest_small, tiny_model_dir, tmp_path):
     warehouse = tmp_path / "warehouse"
     completed = run_betag(
-        "run", "--dataset", str(ml_latest_small), "--warehouse", str(warehouse), "--model", str(tiny_model_dir)
-    )
+        "run", "--dataset", str(ml_latest_small), "--warehouse", str(warehouse), "--model", str(tiny_model_dir),
+        "--ablations",
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     core = independent_five_core(ml_latest_small / "ratings.csv")
@@ -60,11 +61,18 @@ def test_run_builds_the_default_dataset_and_reports_its_figures(ml_latest_small,
     assert f"{n_users:,} users, {n_items:,} items, {core.height:,} interactions" in completed.stdout
     assert "quarantined input rows: 0" in completed.stdout
     assert "| session_id |" in completed.stdout
-    # the quick profile tags the 300 most popular k-core items with base tags and BETags
+    # the quick profile tags the 200 most popular k-core items with base tags and BETags
     with duckdb.connect(str(warehouse / "betag.duckdb"), read_only=True) as connection:
         n_tagged = connection.execute("select count(distinct item_id) from marts.item_betag_beams").fetchone()[0]
-    assert n_tagged == 300
+    assert n_tagged == 200
     assert "Base tags and BETags of the most popular items" in completed.stdout
+    # and the evaluation, in the layout of the poster's tables, again on demand
+    assert "Table 1: tag-based retrieval" in completed.stdout
+    again = run_betag("results", "--warehouse", str(warehouse))
+    assert again.returncode == 0, again.stderr
+    assert "Table 1: tag-based retrieval" in again.stdout and "Table 3: ablations" in again.stdout
+    missing = run_betag("results", "--warehouse", str(warehouse), "--run-id", "no-such-run")
+    assert missing.returncode == 1 and missing.stderr.startswith("betag: error: no evaluation results")
 
 
 def test_run_without_a_dataset_fails_in_one_line(tmp_path):
@@ -88,7 +96,8 @@ def test_fetch_data_without_network_fails_in_one_line(tmp_path):
 
 def test_library_modules_do_not_import_dagster():
     code = (
-        "import sys, dagster_betag.datasets, dagster_betag.settings, dagster_betag.warehouse; "
+        "import sys, dagster_betag.datasets, dagster_betag.settings, dagster_betag.warehouse, "
+        "dagster_betag.evaluation.runner, dagster_betag.evaluation.report; "
         "assert not [m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_dbt')], 'dagster imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -207,6 +207,17 @@ def test_one_beam_per_group_is_greedy_with_hamming_penalty(model, prompts, group
     assert some_group_finished
 
 
+@pytest.mark.parametrize("beams", [1, 2])
+def test_the_first_groups_of_a_search_are_the_search_with_fewer_groups(model, prompts, beams):
+    """What the beam-count curve (evaluation) relies on: group g depends only on groups before it."""
+    many = search(model, prompts, num_groups=4, beams_per_group=beams, diversity_penalty=1.0)
+    for groups in (1, 2):
+        few = search(model, prompts, num_groups=groups, beams_per_group=beams, diversity_penalty=1.0)
+        for i in range(len(prompts)):
+            for row in range(groups * beams):
+                assert trimmed(few.sequences[i, row]) == trimmed(many.sequences[i, row])
+
+
 def test_a_large_penalty_makes_groups_start_differently(model, prompts):
     groups = 4
     alike = search(model, prompts, num_groups=groups, diversity_penalty=0.0)

@@ -4,6 +4,9 @@ The BETag checks read the latest run's rows of ``marts.eval_results``; they WARN
 fail, so a run whose tags lose still lands its tables and its numbers.
 """
 
+from collections.abc import Callable
+
+import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
 from dagster_betag.defs.resources import WarehouseResource
@@ -17,33 +20,35 @@ TAG_DOCUMENTS = AssetKey(["marts", "item_tag_documents"])
 MAX_EMPTY_SHARE = 0.05
 
 
-def _verdict(passed: bool, table: str, what: str) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=passed,
-        severity=AssetCheckSeverity.WARN,
-        description=what if passed else f"not yet: {what}",
-        metadata={"comparison": MetadataValue.md(table)},
-    )
+def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], tuple[bool, str]], what: str):
+    """An asset check on the BETags that tests ``claim`` on the latest evaluation and WARNs
+    with its comparison table when it fails."""
+
+    @asset_check(asset=BETAGS, name=name, additional_deps=[EVAL_RESULTS], description=description)
+    def check(warehouse: WarehouseResource) -> AssetCheckResult:
+        passed, table = claim(load_results(warehouse.layout.database_path))
+        return AssetCheckResult(
+            passed=passed,
+            severity=AssetCheckSeverity.WARN,
+            description=what if passed else f"not yet: {what}",
+            metadata={"comparison": MetadataValue.md(table)},
+        )
+
+    return check
 
 
-@asset_check(
-    asset=BETAGS,
-    additional_deps=[EVAL_RESULTS],
-    description="BETag N@10 >= base tags and native tags for BM25 and BiRank, user- and item-based (test, full ranking).",
+betag_beats_base_and_native = claim_check(
+    "betag_beats_base_and_native",
+    "BETag N@10 >= base tags and native tags for BM25 and BiRank, user- and item-based (test, full ranking).",
+    betag_comparison,
+    "BETag at least as good as base and native tags everywhere",
 )
-def betag_beats_base_and_native(warehouse: WarehouseResource) -> AssetCheckResult:
-    passed, table = betag_comparison(load_results(warehouse.layout.database_path))
-    return _verdict(passed, table, "BETag at least as good as base and native tags everywhere")
-
-
-@asset_check(
-    asset=BETAGS,
-    additional_deps=[EVAL_RESULTS],
-    description="The poster's Table 3 order: BETag > without finetuning, without multi-beam > without both.",
+betag_ablation_order = claim_check(
+    "betag_ablation_order",
+    "The poster's Table 3 order: BETag > without finetuning, without multi-beam > without both.",
+    ablation_order,
+    "ablation order of Table 3 holds",
 )
-def betag_ablation_order(warehouse: WarehouseResource) -> AssetCheckResult:
-    passed, table = ablation_order(load_results(warehouse.layout.database_path))
-    return _verdict(passed, table, "ablation order of Table 3 holds")
 
 
 @asset_check(

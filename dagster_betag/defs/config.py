@@ -16,7 +16,7 @@ from dagster_betag.evaluation.runner import EvaluationConfig
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import ABLATIONS, BetagConfig
 from dagster_betag.llm.finetune import LoraConfig, WindowConfig
-from dagster_betag.profiles import PROFILES, QUICK_PROFILE_ITEMS
+from dagster_betag.profiles import ALL_ABLATIONS, PROFILES, QUICK_PROFILE_ITEMS
 
 
 
@@ -80,14 +80,17 @@ def to_dataclass(config: Config, dataclass_type: type):
     return dataclass_type(**values)
 
 
-def profile_run_config(profile: str) -> dict:
-    """Run config that scopes the LLM assets to a profile."""
-    scope = {"max_items": PROFILES[profile]["max_items"]}
+def profile_run_config(profile: str, ablations: bool | None = None) -> dict:
+    """Run config that scopes the LLM assets and the evaluation to a profile; ``ablations``
+    overrides whether the profile decodes the Table 3 ablations."""
+    chosen = PROFILES[profile]
+    scope = {"max_items": chosen["max_items"]}
+    variants = chosen["ablations"] if ablations is None else (ALL_ABLATIONS if ablations else [])
     return {
         "ops": {
             "llm__base_tags": {"config": scope},
-            "llm__finetune_examples": {"config": {"max_examples": PROFILES[profile]["max_examples"]}},
-            "llm__betags": {"config": scope},
-            "evaluation__eval_results": {"config": {"seeds": PROFILES[profile]["seeds"]}},
+            "llm__finetune_examples": {"config": {"max_examples": chosen["max_examples"]}},
+            "llm__betags": {"config": {**scope, "ablations": variants}},
+            "evaluation__eval_results": {"config": {"seeds": chosen["seeds"]}},
         }
     }

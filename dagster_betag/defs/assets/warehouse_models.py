@@ -27,37 +27,37 @@ LLM_OUTPUTS = "tag:llm_outputs"
 EVALUATION_OUTPUTS = "tag:evaluation_outputs"
 
 
-@dbt_assets(
-    manifest=betag_dbt_project.manifest_path,
-    project=betag_dbt_project,
-    dagster_dbt_translator=BetagDbtTranslator(),
+def dbt_build_step(name: str, doc: str, *, select: str = "fqn:*", exclude: str | None = None):
+    """One ``dbt build`` step over a selection of the project, as a multi-asset."""
+
+    @dbt_assets(
+        manifest=betag_dbt_project.manifest_path,
+        project=betag_dbt_project,
+        dagster_dbt_translator=BetagDbtTranslator(),
+        select=select,
+        exclude=exclude,
+        name=name,
+    )
+    def build_step(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+        yield from _build(context, dbt, warehouse)
+
+    build_step.__doc__ = doc
+    return build_step
+
+
+warehouse_models = dbt_build_step(
+    "warehouse_models",
+    "``dbt build`` of everything upstream of the LLM: staging, sequences, sessions, catalog.",
     exclude=f"{LLM_OUTPUTS} {EVALUATION_OUTPUTS}",
 )
-def warehouse_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
-    """``dbt build`` of everything upstream of the LLM: staging, sequences, sessions, catalog."""
-    yield from _build(context, dbt, warehouse)
-
-
-@dbt_assets(
-    manifest=betag_dbt_project.manifest_path,
-    project=betag_dbt_project,
-    dagster_dbt_translator=BetagDbtTranslator(),
-    select=LLM_OUTPUTS,
+tag_models = dbt_build_step(
+    "tag_models", "``dbt build`` of the tag tables over the shards the LLM assets wrote.", select=LLM_OUTPUTS
 )
-def tag_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
-    """``dbt build`` of the tag tables over the shards the LLM assets wrote."""
-    yield from _build(context, dbt, warehouse)
-
-
-@dbt_assets(
-    manifest=betag_dbt_project.manifest_path,
-    project=betag_dbt_project,
-    dagster_dbt_translator=BetagDbtTranslator(),
+evaluation_models = dbt_build_step(
+    "evaluation_models",
+    "``dbt build`` of the results table over the shards the evaluation asset wrote.",
     select=EVALUATION_OUTPUTS,
 )
-def evaluation_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
-    """``dbt build`` of the results table over the shards the evaluation asset wrote."""
-    yield from _build(context, dbt, warehouse)
 
 
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
