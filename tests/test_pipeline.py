@@ -248,6 +248,16 @@ def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir)
     again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral())
     metadata = again.asset_materializations_for_node("llm__base_tags")[0].metadata
     assert metadata["n_generated"].value == 0 and metadata["n_skipped_already_done"].value > 0
+    # the adapter of unchanged inputs is found under its id, not trained again
+    keys = {AssetKey(["llm", "finetune_examples"]), AssetKey(["llm", "behavior_adapter"])}
+    job = defs.resolve_job_def("betag_pipeline").get_subset(asset_selection=keys)
+    ops = {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__behavior_adapter",)}
+    retrained = job.execute_in_process(run_config={"ops": ops}, instance=DagsterInstance.ephemeral())
+    adapter = retrained.asset_materializations_for_node("llm__behavior_adapter")[0].metadata
+    first_adapter = first.asset_materializations_for_node("llm__behavior_adapter")[0].metadata
+    assert adapter["reused_existing_adapter"].value is True
+    assert first_adapter["reused_existing_adapter"].value is False
+    assert adapter["adapter_id"].value == first_adapter["adapter_id"].value
 
 
 def test_bad_input_fails_with_one_line_and_leaves_the_warehouse_intact(built, defs, point_at, tiny_model_dir, tmp_path):

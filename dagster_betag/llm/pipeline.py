@@ -87,6 +87,7 @@ class AdapterArtifact:
     folder: Path
     manifest: dict
     loss_png: bytes
+    reused: bool = False  # found already trained under its id
 
 
 def finetune_run(
@@ -102,9 +103,16 @@ def finetune_run(
     """Train a LoRA adapter and save it with its manifest under ``adapters_dir/<id>/``.
 
     The id hashes the base model, the data and every hyper-parameter, so the same inputs
-    land in the same folder; the folder appears whole (written aside, then renamed).
+    land in the same folder; the folder appears whole (written aside, then renamed). An
+    adapter already saved under that id is reused rather than trained again (a resumed or
+    scheduled run with unchanged inputs).
     """
     adapter_id = config_fingerprint(llm.fingerprint, data_fingerprint, lora_config)
+    folder = adapters_dir / adapter_id
+    if (folder / "manifest.json").is_file():
+        log(f"adapter {adapter_id} already trained on these inputs; reusing {folder}")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return AdapterArtifact(adapter_id, folder, manifest, (folder / "loss_curve.png").read_bytes(), reused=True)
     progress = Progress(max(1, len(windows)), "LoRA finetuning", log, unit="step")
 
     def on_step(step: int, total_steps: int, loss: float) -> None:
@@ -117,7 +125,6 @@ def finetune_run(
         progress.close()
     manifest = _adapter_manifest(adapter_id, llm, data_fingerprint, lora_config, result)
     loss_png = loss_curve_png(result.step_losses, result.validation_loss_before, result.validation_loss_after)
-    folder = adapters_dir / adapter_id
     staging = adapters_dir / f".{adapter_id}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     result.model.save_pretrained(staging, safe_serialization=True)

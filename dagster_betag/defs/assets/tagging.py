@@ -173,6 +173,7 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
         metadata={
             "adapter_id": artifact.adapter_id,
             "folder": str(artifact.folder),
+            "reused_existing_adapter": artifact.reused,
             "n_train_examples": manifest["n_train_examples"],
             "validation_loss_before": manifest["validation_loss_before"],
             "validation_loss_after": manifest["validation_loss_after"],
