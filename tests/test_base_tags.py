@@ -20,13 +20,13 @@ from dagster_betag.llm.base_tags import (
     EntryTracker,
     LowercaseOnly,
     RepetitionBan,
-    _split_shared_prefix,
     catalog_attribute_values,
     generate_base_tag_texts,
     generate_base_tags,
     token_table,
 )
 from dagster_betag.llm.model import LLMConfig, LoadedLLM, load_llm
+from dagster_betag.llm.prefix import split_shared_prefix
 from dagster_betag.llm.prompts import (
     BASE_TAG_PROMPT_VERSION,
     DEFAULT_FEW_SHOT,
@@ -180,13 +180,13 @@ def test_messages_with_few_shot_turns(tokenizer):
 
 def test_shared_prefix_split_is_exact(tokenizer):
     prompts = [apply_chat(tokenizer, base_tag_messages(item)) for item in ITEMS]
-    prefix, suffixes = _split_shared_prefix(tokenizer, prompts, enabled=True)
+    prefix, suffixes = split_shared_prefix(tokenizer, prompts, enabled=True)
     assert len(prefix) > 100
     for prompt, suffix in zip(prompts, suffixes, strict=True):
         assert prefix + suffix == tokenizer(prompt, add_special_tokens=False).input_ids
         assert suffix
-    assert _split_shared_prefix(tokenizer, prompts, enabled=False)[0] == []
-    single_prefix, (single_suffix,) = _split_shared_prefix(tokenizer, prompts[:1], enabled=True)
+    assert split_shared_prefix(tokenizer, prompts, enabled=False)[0] == []
+    single_prefix, (single_suffix,) = split_shared_prefix(tokenizer, prompts[:1], enabled=True)
     assert len(single_suffix) == 1
 
 

@@ -1,6 +1,16 @@
 """BETag generation: aggregation of beams, and generation end to end on a tiny model."""
 
-from dagster_betag.llm.betag import BetagConfig, WeightedTag, aggregate_beams, generate_betags
+import torch
+
+from dagster_betag.llm.base_tags import end_of_turn_ids, token_table
+from dagster_betag.llm.betag import (
+    BeamTagRules,
+    BetagConfig,
+    WeightedTag,
+    aggregate_beams,
+    generate_betags,
+    unfinished_entry_dropped,
+)
 
 
 def test_aggregation_ranks_by_beam_agreement_then_position():
@@ -49,3 +59,39 @@ def test_profiles_name_the_ablations_the_library_decodes():
     from dagster_betag.profiles import ALL_ABLATIONS
 
     assert ALL_ABLATIONS == [variant.name for variant in ABLATIONS]
+
+
+def test_a_beam_cut_by_the_token_limit_loses_only_its_unfinished_entry():
+    assert unfinished_entry_dropped("love, family, family-fr", finished=False) == "love, family"
+    assert unfinished_entry_dropped("love, family,", finished=False) == "love, family"
+    assert unfinished_entry_dropped("love, family", finished=True) == "love, family"
+    assert unfinished_entry_dropped("lov", finished=False) == ""
+
+
+def beam_rules_scores(llm, written: str, config: BetagConfig):
+    tokenizer = llm.tokenizer
+    prompt = tokenizer("Next item tags:", add_special_tokens=False).input_ids
+    answer = tokenizer(written, add_special_tokens=False).input_ids
+    eos = end_of_turn_ids(llm)
+    rules = BeamTagRules(token_table(tokenizer), eos, len(prompt), config)
+    log_probs = torch.zeros(1, len(token_table(tokenizer).texts))
+    return rules(torch.tensor([prompt + answer]), log_probs)[0], tokenizer, eos
+
+
+def test_beam_rules_ban_ending_a_repeated_tag(tiny_llm):
+    scores, tokenizer, eos = beam_rules_scores(tiny_llm, "love, family, family", BetagConfig())
+    comma = tokenizer(",", add_special_tokens=False).input_ids[0]
+    word = tokenizer(" values", add_special_tokens=False).input_ids[0]
+    assert scores[comma] == -torch.inf and bool((scores[eos] == -torch.inf).all())
+    assert scores[word] == 0  # "family values" stays open
+    fresh, _, _ = beam_rules_scores(tiny_llm, "love, family", BetagConfig())
+    assert fresh[comma] == 0 and bool((fresh[eos] == 0).all())
+    unbanned, _, _ = beam_rules_scores(tiny_llm, "love, family, family", BetagConfig(ban_repeated_tags=False))
+    assert unbanned[comma] == 0
+
+
+def test_beam_rules_end_a_beam_after_its_tag_cap(tiny_llm):
+    capped, _, eos = beam_rules_scores(tiny_llm, "love, family, war,", BetagConfig(max_tags_per_beam=3))
+    assert bool((capped[eos] == 0).all()) and int(torch.isfinite(capped).sum()) == len(eos)
+    open_beam, _, _ = beam_rules_scores(tiny_llm, "love, family, war", BetagConfig(max_tags_per_beam=3))
+    assert int(torch.isfinite(open_beam).sum()) == open_beam.numel()  # the third tag may still grow

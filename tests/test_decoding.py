@@ -313,8 +313,8 @@ def test_cached_search_matches_a_cache_free_reference(model, prompts, groups, be
     assert some_finished and some_ran_out
 
 
-def test_finished_prompts_leave_the_batch(model, prompts):
-    """Once all groups of a prompt are done its rows are no longer fed to the model, and decoding stops early."""
+def test_finished_groups_leave_the_batch(model, prompts):
+    """Once a group is done its beams are no longer fed to the model, and decoding stops when all are done."""
     rows = []
     handle = model.register_forward_pre_hook(
         lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
@@ -327,6 +327,9 @@ def test_finished_prompts_leave_the_batch(model, prompts):
     assert rows[0] == len(prompts)  # the prompts run once each, whatever the number of beams
     assert len(rows) == max(lengths)  # one prefill, then one step per token but the last
     assert rows[1] == 2 * len(prompts) and rows[-1] < rows[1]  # G*B rows per prompt, fewer by the end
+    # a beam of length l (its EOS included) is fed at steps 1..l-1 only
+    assert rows[1:] == [sum(length > step for length in lengths) for step in range(1, len(rows))]
+    assert len(set(lengths)) > 1
 
 
 # --- 5. the logits processor hook ----------------------------------------------------------------------------------

@@ -25,13 +25,12 @@ How the 135M model is kept on track (measured on MovieLens; see the knobs of Bas
 Speed: the system message, the few-shot turns and the start of the item's turn are the same
 for every item, so their key/value cache is computed once per call and copied into each
 batch (the item-specific rest is left-padded *after* that shared prefix; position ids follow
-the attention mask, so every row sees the positions it would see alone). Items are sorted by
+the attention mask, so every row sees the positions it would see alone; ``llm/prefix.py``). Items are sorted by
 prompt length to cut padding, and results come back in input order.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from dagster_betag.llm.model import LoadedLLM
+from dagster_betag.llm.prefix import prefix_cache, prefixed_batch, repeated_cache, split_shared_prefix
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, apply_chat, base_tag_messages
 from dagster_betag.llm.tags import clean_text, echo_forms, normalize_tag, parse_tags
 
@@ -163,8 +163,8 @@ def generate_base_tag_texts(
         apply_chat(tokenizer, base_tag_messages(item, few_shot, num_tags=config.num_tags, item_noun=config.item_noun))
         for item in items
     ]
-    prefix_ids, suffixes = _split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
-    prefix_cache = _prefix_cache(llm, prefix_ids) if prefix_ids else None
+    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
+    shared_cache = prefix_cache(llm.model, prefix_ids)
     excluded = [_contradicting_values(item, catalog_values, config.exclusive_attributes) for item in items]
 
     order = sorted(range(len(items)), key=lambda i: (len(suffixes[i]), i))
@@ -176,7 +176,7 @@ def generate_base_tag_texts(
             llm,
             table,
             prefix_ids,
-            prefix_cache,
+            shared_cache,
             [suffixes[i] for i in batch],
             titles=[items[i].title for i in batch],
             excluded=[excluded[i] for i in batch],
@@ -202,42 +202,14 @@ def _contradicting_values(
     return frozenset(contradicting)
 
 
-# --- prompt tokens ---------------------------------------------------------------------------
-
-
-def _split_shared_prefix(tokenizer, prompts: list[str], *, enabled: bool) -> tuple[list[int], list[list[int]]]:
-    """Token ids of the prompts' longest common prefix, and of each prompt's rest.
-
-    Every prompt keeps its own tokenization (the split is on token ids), so prefix + rest is
-    exactly the prompt's tokens. At least one token of each prompt stays out of the prefix.
-    """
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if not enabled:
-        return [], encoded
-    first = encoded[0]
-    common = min(len(ids) for ids in encoded) - 1
-    for ids in encoded[1:]:
-        limit = 0
-        while limit < common and ids[limit] == first[limit]:
-            limit += 1
-        common = limit
-    if common < 8:
-        return [], encoded
-    return first[:common], [ids[common:] for ids in encoded]
-
-
-def _prefix_cache(llm: LoadedLLM, prefix_ids: list[int]):
-    with torch.inference_mode():
-        ids = torch.tensor([prefix_ids], device=llm.model.device)
-        output = llm.model(input_ids=ids, use_cache=True)
-    return output.past_key_values
+# --- one batch -------------------------------------------------------------------------------
 
 
 def _generate_batch(
     llm: LoadedLLM,
     table: TokenTable,
     prefix_ids: list[int],
-    prefix_cache,
+    shared_cache,
     suffixes: list[list[int]],
     *,
     titles: list[str],
@@ -246,11 +218,7 @@ def _generate_batch(
 ) -> list[str]:
     tokenizer, model = llm.tokenizer, llm.model
     pad = tokenizer.pad_token_id
-    width = max(len(s) for s in suffixes)
-    rows = [[pad] * (width - len(s)) + list(s) for s in suffixes]
-    mask = [[0] * (width - len(s)) + [1] * len(s) for s in suffixes]
-    input_ids = torch.tensor([prefix_ids + r for r in rows], device=model.device)
-    attention_mask = torch.tensor([[1] * len(prefix_ids) + m for m in mask], device=model.device)
+    input_ids, attention_mask = prefixed_batch(prefix_ids, suffixes, pad, model.device)
 
     eos = end_of_turn_ids(llm)
     tracker = EntryTracker(
@@ -273,10 +241,7 @@ def _generate_batch(
             max_numeric_entries=config.max_numeric_entries,
         )
     )
-    cache = None
-    if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(len(suffixes))
+    cache = None if shared_cache is None else repeated_cache(shared_cache, len(suffixes))
 
     prompt_length = input_ids.shape[1]
     answers: list[list[int]] = [[] for _ in suffixes]

@@ -11,9 +11,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from dagster_betag.llm.base_tags import TokenTable, end_of_turn_ids, token_table
 from dagster_betag.llm.behavior import prompt_text
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
-from dagster_betag.llm.tags import parse_tags
+from dagster_betag.llm.prefix import prefix_cache, prefixed_batch, split_shared_prefix
+from dagster_betag.llm.tags import clean_text, parse_tags, split_entries
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,24 @@ class BetagConfig:
     top_k: int = 15  # tags kept per item after aggregation
     # decoded rows per batch (items x groups x beams): per-step overhead dominates small
     # batches on CPU (measured here: 4 groups, 8 -> 32 items per batch: 0.90 -> 0.67 s/item;
-    # 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item)
-    batch_rows: int = 128
+    # 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item; 4 groups, 32 -> 64 items: 0.387 -> 0.355)
+    batch_rows: int = 256
+    include_base_tags: bool = True  # the base tags count as beam 0
+    # a beam ends (EOS forced) once it has written this many distinct tags; None for no cap.
+    # The finetuning targets hold at most 8 base tags; without a cap, the few beams that
+    # loop ("comedy, laughs, laughs, laughs, ...") keep their whole batch decoding to
+    # max_new_tokens.
+    max_tags_per_beam: int | None = 8
+    # a beam cannot end an entry (separator or EOS) that repeats one of its earlier entries,
+    # so its tokens go to tags it has not written yet ("family, family, family" is one tag)
+    ban_repeated_tags: bool = True
+    # run the behavior instruction that starts every prompt once per call, not once per item
+    # (same beams; prefill of that text otherwise costs about as much as the decoding)
+    share_prompt_prefix: bool = True
 
     @property
     def items_per_batch(self) -> int:
         return max(1, self.batch_rows // (self.num_groups * self.beams_per_group))
-    include_base_tags: bool = True  # the base tags count as beam 0
 
     def decoding(self) -> DiverseBeamConfig:
         return DiverseBeamConfig(
@@ -66,6 +79,50 @@ ABLATIONS = (
     BetagVariant("one_beam", finetuned=True, multi_beam=False),
     BetagVariant("neither", finetuned=False, multi_beam=False),
 )
+
+
+class BeamTagRules:
+    """Logits processor for BETag beams: caps the tags per beam and bans repeated entries.
+
+    Stateless: every step it re-reads each running beam's generated tokens (beams are
+    reordered between steps, so per-row state would have to follow them). Tokens are read
+    through the tokenizer's ``TokenTable`` (each token's text), not decoded.
+    """
+
+    def __init__(self, table: TokenTable, eos_ids: Sequence[int], prompt_length: int, config: BetagConfig):
+        self.table = table
+        self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
+        self.ends_entry = torch.cat([table.separator_ids, self.eos]).unique()
+        self.prompt_length = prompt_length
+        self.config = config
+
+    def __call__(self, sequences: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        """(rows, P + t) prompt + generated ids, (rows, V) log-probs -> (rows, V)."""
+        if sequences.shape[1] == self.prompt_length:
+            return log_probs
+        eos, ends_entry = self.eos.to(log_probs.device), self.ends_entry.to(log_probs.device)
+        log_probs = log_probs.clone()
+        texts = self.table.texts
+        for row, ids in enumerate(sequences[:, self.prompt_length :].tolist()):
+            *finished, current = split_entries("".join(texts[i] for i in ids) + "\x00")
+            written = {clean_text(entry) for entry in finished}
+            written.discard("")
+            cap = self.config.max_tags_per_beam
+            if cap is not None and len(written) >= cap:
+                keep = log_probs[row, eos].clone()
+                log_probs[row] = -torch.inf
+                log_probs[row, eos] = keep
+            elif self.config.ban_repeated_tags and clean_text(current.rstrip("\x00")) in written:
+                log_probs[row, ends_entry] = -torch.inf
+        return log_probs
+
+
+def unfinished_entry_dropped(text: str, finished: bool) -> str:
+    """A beam cut by max_new_tokens ends inside an entry ("family-fr"): keep only whole entries."""
+    if finished:
+        return text
+    entries = split_entries(text + "\x00")
+    return ", ".join(entry.strip() for entry in entries[:-1])
 
 
 @dataclass(frozen=True)
@@ -111,27 +168,41 @@ def generate_betags(
     """BETags for ``(item_id, base_tags)`` pairs, in input order.
 
     Each item is prompted exactly as in finetuning, as a one-item sequence of its own
-    base tags; items are batched by prompt length to keep padding small.
+    base tags; the instruction every prompt starts with is run once per call (its cache is
+    shared), and items are batched by length to keep padding small.
     """
     tokenizer = llm.tokenizer
+    eos_ids = end_of_turn_ids(llm)
+    table = token_table(tokenizer)
     prompts = [prompt_text(tokenizer, [list(tags)]) for _, tags in items]
-    order = sorted(range(len(items)), key=lambda index: len(prompts[index]))
+    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
+    shared_cache = prefix_cache(llm.model, prefix_ids)
+    order = sorted(range(len(items)), key=lambda index: len(suffixes[index]))
     results: dict[int, ItemBetags] = {}
     for first in range(0, len(order), config.items_per_batch):
         batch = order[first : first + config.items_per_batch]
-        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        input_ids, attention_mask = prefixed_batch(
+            prefix_ids, [suffixes[i] for i in batch], tokenizer.pad_token_id, llm.device
+        )
         output = diverse_beam_search(
             llm.model,
-            encoded.input_ids.to(llm.device),
-            encoded.attention_mask.to(llm.device),
+            input_ids,
+            attention_mask,
             config.decoding(),
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=eos_ids,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=BeamTagRules(table, eos_ids, input_ids.shape[1], config),
+            prefix_cache=shared_cache,
         )
+        ended = torch.isin(output.sequences, torch.tensor(eos_ids, device=output.sequences.device))
+        finished = ended.any(dim=-1)  # (N, G*B) beams that wrote EOS, rather than running out of tokens
         for row, index in enumerate(batch):
             item_id, base_tags = items[index]
             texts = tokenizer.batch_decode(output.sequences[row], skip_special_tokens=True)  # (G*B,) strings
-            beams = [parse_tags(text) for text in texts]
+            beams = [
+                parse_tags(unfinished_entry_dropped(text, bool(done)))
+                for text, done in zip(texts, finished[row], strict=True)
+            ]
             if config.include_base_tags:
                 beams = [list(base_tags), *beams]
             results[index] = ItemBetags(item_id, texts, beams, aggregate_beams(beams, config.top_k))
