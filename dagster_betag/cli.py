@@ -1,4 +1,5 @@
-"""The `betag` command line: run the pipeline and fetch the default dataset.
+"""The `betag` command line: run the pipeline, look at an item's tags, query the warehouse
+read-only, print the evaluation, fetch the default dataset.
 
 Errors a user can fix (no dataset, bad input, no network) end in one line and exit 1;
 the full Dagster logs stay in the run for the UI.
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     settings.put_interpreter_tools_on_path()
     from dagster_betag.evaluation.data import EvaluationInputError
     from dagster_betag.llm.model import ModelError
+    from dagster_betag.warehouse import WarehouseQueryError
 
     try:
         return args.handler(args)
-    except (DatasetError, ModelError, EvaluationInputError, FileNotFoundError) as error:
+    except (DatasetError, ModelError, EvaluationInputError, WarehouseQueryError, FileNotFoundError) as error:
         print(f"betag: error: {error}", file=sys.stderr)
         return 1
 
@@ -114,6 +116,28 @@ def _build_parser() -> argparse.ArgumentParser:
     results.add_argument("--run-id", help="evaluation run (default: the latest)")
     results.add_argument("--split", default="test", choices=["validation", "test"])
     results.set_defaults(handler=_results)
+
+    tags = commands.add_parser(
+        "tags",
+        help="show one item's tags: native, base and BETags with their weights",
+        description="Look an item up by id, or by a part of its title (the most popular match wins), "
+        "and print its native tags, base tags and BETags (weight = beams containing the tag).",
+    )
+    tags.add_argument("item", help="item id, or a part of its title (case-insensitive)")
+    tags.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    tags.set_defaults(handler=_tags)
+
+    sql = commands.add_parser(
+        "sql",
+        help="run a read-only SQL query over the warehouse and print the rows",
+        description="Run one DuckDB SQL query against the warehouse, opened read-only with file and "
+        "network access off: writes (INSERT, CREATE, COPY ... TO, ATTACH) are refused. "
+        "Schemas: staging, intermediate, marts.",
+    )
+    sql.add_argument("query", help="e.g. \"select tag, n_items from marts.tag_vocabulary limit 10\"")
+    sql.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    sql.add_argument("--max-rows", type=int, default=50, help="rows printed (default: 50)")
+    sql.set_defaults(handler=_sql)
 
     fetch = commands.add_parser(
         "fetch-data",
@@ -267,8 +291,7 @@ def _print_summary(elapsed_s: float) -> None:
 
 
 def _results(args: argparse.Namespace) -> int:
-    if args.warehouse:
-        os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
+    _use_warehouse(args)
     _print_results(args.run_id, args.split)
     return 0
 
@@ -291,6 +314,46 @@ def _print_results(run_id: str | None, split: str) -> None:
     charts = layout.directory / "reports" / first["run_id"]
     if charts.is_dir():
         print(f"charts: {charts}")
+
+
+def _use_warehouse(args: argparse.Namespace):
+    from dagster_betag.warehouse import WarehouseLayout
+
+    if args.warehouse:
+        os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
+    return WarehouseLayout(settings.warehouse_dir())
+
+
+def _tags(args: argparse.Namespace) -> int:
+    from dagster_betag.warehouse import item_tags, markdown_table
+
+    found = item_tags(_use_warehouse(args).database_path, args.item)
+    print(f"{found.title} (item {found.item_id}) {found.attributes}")
+    native = ", ".join(f"{tag} ({n_users})" for tag, n_users in found.native)
+    print(f"\nnative tags, by users who gave them ({len(found.native)}): {native or '-'}")
+    print(f"base tags ({len(found.base)}): {', '.join(tag for (tag,) in found.base) or '-'}")
+    if found.betags:
+        print(f"\nBETags ({len(found.betags)}, adapter {found.betag_adapter}):")
+        print(markdown_table(["tag", "beams", "score"], found.betags))
+    else:
+        print("BETags: - (none generated for this item yet)")
+    if found.other_matches:
+        others = "; ".join(f"{title} ({item_id})" for item_id, title in found.other_matches)
+        print(f"\nalso matching: {others}")
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from dagster_betag.warehouse import markdown_table, run_user_query
+
+    columns, rows, truncated = run_user_query(_use_warehouse(args).database_path, args.query, args.max_rows)
+    if not columns:
+        print("(no rows)")
+        return 0
+    print(markdown_table(columns, rows, max_chars=80))
+    more = f", more not shown (--max-rows {args.max_rows})" if truncated else ""
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
+    return 0
 
 
 def _fetch_data(args: argparse.Namespace) -> int:

@@ -32,11 +32,18 @@ class WarehouseLayout:
         return self.directory / LANDING_FOLDER
 
 
+class WarehouseQueryError(ValueError):
+    """A query the warehouse refused or could not answer (the message is one line)."""
+
+
 @contextmanager
-def connect_readonly(database_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect_readonly(database_path: Path, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection; ``sandboxed`` also turns off file and network access, so a
+    user's query can neither write the warehouse nor read or write files beside it."""
     if not database_path.exists():
         raise FileNotFoundError(f"no warehouse at {database_path}; run `betag run` first")
-    connection = duckdb.connect(str(database_path), read_only=True)
+    config = {"enable_external_access": False} if sandboxed else {}
+    connection = duckdb.connect(str(database_path), read_only=True, config=config)
     try:
         yield connection
     finally:
@@ -127,3 +134,76 @@ def behavior_sessions(database_path: Path) -> list[tuple[str, list[str]]]:
     with connect_readonly(database_path) as connection:
         _, rows = fetch_rows(connection, "select session_id, item_ids from marts.fct_behavior_sessions order by session_id")
     return [(session_id, list(item_ids)) for session_id, item_ids in rows]
+
+
+def run_user_query(database_path: Path, sql: str, max_rows: int) -> tuple[list[str], list[tuple], bool]:
+    """Columns, at most ``max_rows`` rows, and whether more rows exist, of a user's query.
+
+    The connection is read-only and sandboxed: INSERT, CREATE, COPY ... TO, ATTACH and
+    reading files all fail with WarehouseQueryError.
+    """
+    with connect_readonly(database_path, sandboxed=True) as connection:
+        try:
+            cursor = connection.execute(sql)
+            if cursor.description is None:
+                return [], [], False
+            columns = [column[0] for column in cursor.description]
+            rows = cursor.fetchmany(max_rows + 1)
+        except duckdb.Error as error:
+            raise WarehouseQueryError(str(error).strip().splitlines()[0]) from None
+    return columns, rows[:max_rows], len(rows) > max_rows
+
+
+@dataclass(frozen=True)
+class ItemTags:
+    """One item's tags from every source, for people looking at a single item."""
+
+    item_id: str
+    title: str
+    attributes: str
+    other_matches: list[tuple[str, str]]  # (item_id, title) of further title matches
+    native: list[tuple]  # (tag, n_users)
+    base: list[tuple]  # (tag,)
+    betags: list[tuple]  # (tag, weight = beams containing it, score)
+    betag_adapter: str | None
+
+
+def item_tags(database_path: Path, key: str, max_matches: int = 5) -> ItemTags:
+    """The item whose id is ``key``, else the most popular one whose title contains it."""
+    with connect_readonly(database_path) as connection:
+        matches = connection.execute(
+            """select i.item_id, i.title, coalesce(i.attributes_text, '')
+               from marts.dim_items i left join marts.fct_item_popularity p using (item_id)
+               where i.item_id = $key or i.title ilike '%' || $key || '%'
+               order by i.item_id = $key desc, p.popularity_rank nulls last, i.item_id
+               limit $n""",
+            {"key": key, "n": max_matches + 1},
+        ).fetchall()
+        if not matches:
+            raise WarehouseQueryError(f"no item with id or title matching {key!r}")
+        item_id, title, attributes = matches[0]
+        # the tag marts exist once the LLM stages ran; before that an item has native tags only
+        queries = {
+            "native": ("fct_item_native_tags", "select tag, n_users from marts.fct_item_native_tags "
+                       "where item_id = $id order by n_users desc, tag"),
+            "base": ("item_base_tags", "select tag from marts.item_base_tags where item_id = $id order by tag_rank"),
+            "betags": ("item_betags", "select tag, weight, round(score, 3), adapter_id from marts.item_betags "
+                       "where item_id = $id order by tag_rank"),
+        }
+        existing = {row[0] for row in connection.execute(
+            "select table_name from information_schema.tables where table_schema = 'marts'"
+        ).fetchall()}
+        found = {
+            name: connection.execute(sql, {"id": item_id}).fetchall() if table in existing else []
+            for name, (table, sql) in queries.items()
+        }
+    return ItemTags(
+        item_id=item_id,
+        title=title,
+        attributes=attributes,
+        other_matches=[(i, t) for i, t, _ in matches[1:]],
+        native=found["native"],
+        base=found["base"],
+        betags=[row[:3] for row in found["betags"]],
+        betag_adapter=found["betags"][0][3] if found["betags"] else None,
+    )

@@ -287,3 +287,44 @@ def test_bad_input_fails_with_one_line_and_leaves_the_warehouse_intact(built, de
 def _count(warehouse: Path, relation: str) -> int:
     with duckdb.connect(str(warehouse / "betag.duckdb"), read_only=True) as connection:
         return connection.execute(f"select count(*) from {relation}").fetchone()[0]
+
+
+def test_cli_shows_an_items_tags_and_answers_read_only_sql(built, tmp_path):
+    from tests.test_cli import run_betag
+
+    _, _, connection = built
+    (database,) = query(connection, "select path from duckdb_databases() where database_name = current_database()")[0]
+    warehouse = str(Path(database).parent)
+    item_id, title = query(
+        connection,
+        "select i.item_id, i.title from marts.item_betags b join marts.dim_items i using (item_id) "
+        "order by i.item_id limit 1",
+    )[0]
+    shown = run_betag("tags", item_id, "--warehouse", warehouse)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{title} (item {item_id})" in shown.stdout
+    base = [tag for (tag,) in query(connection, f"select tag from marts.item_base_tags where item_id = '{item_id}' order by tag_rank")]
+    assert f"base tags ({len(base)}): {', '.join(base) or '-'}" in shown.stdout
+    for tag, weight in query(connection, f"select tag, weight from marts.item_betags where item_id = '{item_id}'"):
+        assert f"| {tag} | {weight} |" in shown.stdout
+    unknown = run_betag("tags", "no such item anywhere", "--warehouse", warehouse)
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+
+    (n_items,) = query(connection, "select count(*) from marts.dim_items")[0]
+    answered = run_betag("sql", "select count(*) as n_items from marts.dim_items", "--warehouse", warehouse)
+    assert answered.returncode == 0 and f"| {n_items} |" in answered.stdout
+    tables_before = query(connection, "select count(*) from information_schema.tables")
+    leak = tmp_path / "leak.csv"
+    for statement in (
+        "create table marts.scratch as select 1 as x",
+        "delete from marts.dim_items",
+        f"copy (select * from marts.dim_items) to '{leak}'",
+        f"attach '{tmp_path / 'other.duckdb'}' as other",
+        "selec 1",
+    ):
+        refused = run_betag("sql", statement, "--warehouse", warehouse)
+        assert refused.returncode == 1, statement
+        assert refused.stderr.startswith("betag: error:") and refused.stderr.count("\n") == 1, refused.stderr
+    assert not leak.exists() and not (tmp_path / "other.duckdb").exists()
+    assert query(connection, "select count(*) from information_schema.tables") == tables_before
+    assert query(connection, "select count(*) from marts.dim_items")[0][0] == n_items
