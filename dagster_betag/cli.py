@@ -331,7 +331,7 @@ def _tags(args: argparse.Namespace) -> int:
     print(f"{found.title} (item {found.item_id}) {found.attributes}")
     native = ", ".join(f"{tag} ({n_users})" for tag, n_users in found.native)
     print(f"\nnative tags, by users who gave them ({len(found.native)}): {native or '-'}")
-    print(f"base tags ({len(found.base)}): {', '.join(tag for (tag,) in found.base) or '-'}")
+    print(f"base tags ({len(found.base)}): {', '.join(found.base) or '-'}")
     if found.betags:
         print(f"\nBETags ({len(found.betags)}, adapter {found.betag_adapter}):")
         print(markdown_table(["tag", "beams", "score"], found.betags))

@@ -163,7 +163,7 @@ class ItemTags:
     attributes: str
     other_matches: list[tuple[str, str]]  # (item_id, title) of further title matches
     native: list[tuple]  # (tag, n_users)
-    base: list[tuple]  # (tag,)
+    base: list[str]
     betags: list[tuple]  # (tag, weight = beams containing it, score)
     betag_adapter: str | None
 
@@ -203,7 +203,7 @@ def item_tags(database_path: Path, key: str, max_matches: int = 5) -> ItemTags:
         attributes=attributes,
         other_matches=[(i, t) for i, t, _ in matches[1:]],
         native=found["native"],
-        base=found["base"],
+        base=[tag for (tag,) in found["base"]],
         betags=[row[:3] for row in found["betags"]],
         betag_adapter=found["betags"][0][3] if found["betags"] else None,
     )

@@ -24,9 +24,9 @@ How the 135M model is kept on track (measured on MovieLens; see the knobs of Bas
 
 Speed: the system message, the few-shot turns and the start of the item's turn are the same
 for every item, so their key/value cache is computed once per call and copied into each
-batch (the item-specific rest is left-padded *after* that shared prefix; position ids follow
-the attention mask, so every row sees the positions it would see alone; ``llm/prefix.py``). Items are sorted by
-prompt length to cut padding, and results come back in input order.
+batch (``llm/prefix.py``: the item-specific rest is left-padded *after* that shared prefix;
+position ids follow the attention mask, so every row sees the positions it would see alone).
+Items are sorted by prompt length to cut padding, and results come back in input order.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dagster_betag.llm.base_tags import TokenTable, end_of_turn_ids, token_table
 from dagster_betag.llm.behavior import prompt_text
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
 from dagster_betag.llm.prefix import prefix_cache, prefixed_batch, split_shared_prefix
-from dagster_betag.llm.tags import clean_text, parse_tags, split_entries
+from dagster_betag.llm.tags import clean_text, parse_tags, split_open_entry
 
 
 @dataclass(frozen=True)
@@ -102,17 +102,15 @@ class BeamTagRules:
             return log_probs
         eos, ends_entry = self.eos.to(log_probs.device), self.ends_entry.to(log_probs.device)
         log_probs = log_probs.clone()
-        texts = self.table.texts
+        texts, cap = self.table.texts, self.config.max_tags_per_beam
         for row, ids in enumerate(sequences[:, self.prompt_length :].tolist()):
-            *finished, current = split_entries("".join(texts[i] for i in ids) + "\x00")
-            written = {clean_text(entry) for entry in finished}
-            written.discard("")
-            cap = self.config.max_tags_per_beam
+            finished, current = split_open_entry("".join(texts[i] for i in ids))
+            written = {clean_text(entry) for entry in finished} - {""}
             if cap is not None and len(written) >= cap:
                 keep = log_probs[row, eos].clone()
                 log_probs[row] = -torch.inf
                 log_probs[row, eos] = keep
-            elif self.config.ban_repeated_tags and clean_text(current.rstrip("\x00")) in written:
+            elif self.config.ban_repeated_tags and clean_text(current) in written:
                 log_probs[row, ends_entry] = -torch.inf
         return log_probs
 
@@ -121,8 +119,8 @@ def unfinished_entry_dropped(text: str, finished: bool) -> str:
     """A beam cut by max_new_tokens ends inside an entry ("family-fr"): keep only whole entries."""
     if finished:
         return text
-    entries = split_entries(text + "\x00")
-    return ", ".join(entry.strip() for entry in entries[:-1])
+    whole, _ = split_open_entry(text)
+    return ", ".join(entry.strip() for entry in whole)
 
 
 @dataclass(frozen=True)

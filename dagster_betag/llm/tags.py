@@ -145,6 +145,13 @@ def split_entries(text: str) -> list[str]:
     return [piece for piece in pieces if piece.strip()]
 
 
+def split_open_entry(text: str) -> tuple[list[str], str]:
+    """The finished entries of a partly written answer, and the entry still being written
+    ("" right after a separator): ``"love, family, fam"`` -> ``(["love", " family"], " fam")``."""
+    *finished, current = split_entries(text + "\x00")  # the sentinel keeps an empty open entry
+    return finished, current[:-1]
+
+
 def echo_forms(echoes: Iterable[str]) -> set[str]:
     """The cleaned forms under which each echo is recognized as a tag.
 
