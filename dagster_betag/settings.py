@@ -5,8 +5,12 @@ which runs as a subprocess from dbt_project/, resolve the same paths:
 
 - ``BETAG_WAREHOUSE_DIR``: the folder holding the DuckDB file and the landing Parquet.
 - ``BETAG_DATASET_DIR``: the input dataset folder.
+- ``BETAG_DATASET_FORMAT``: its layout (auto, movielens-latest, ..., generic).
 - ``BETAG_MODEL``: the base LLM (registry name, model folder or .gguf file).
 - ``BETAG_ADAPTERS_DIR``: where finetuned LoRA adapters are saved.
+- ``BETAG_ITEM_SHARDS``: how many item shards the generation assets are partitioned into.
+- ``BETAG_PROFILE``: the profile (quick, full) of the scheduled refreshes.
+- ``BETAG_LOCK_TIMEOUT_S``: how long a writing step waits for another run (default 600).
 """
 
 from __future__ import annotations
@@ -23,8 +27,13 @@ DEFAULT_DATASET = "ml-latest-small"
 
 WAREHOUSE_ENV = "BETAG_WAREHOUSE_DIR"
 DATASET_ENV = "BETAG_DATASET_DIR"
+DATASET_FORMAT_ENV = "BETAG_DATASET_FORMAT"
 MODEL_ENV = "BETAG_MODEL"
 ADAPTERS_ENV = "BETAG_ADAPTERS_DIR"
+ITEM_SHARDS_ENV = "BETAG_ITEM_SHARDS"
+PROFILE_ENV = "BETAG_PROFILE"
+LOCK_TIMEOUT_ENV = "BETAG_LOCK_TIMEOUT_S"
+DEFAULT_ITEM_SHARDS = 4
 
 
 def put_interpreter_tools_on_path() -> None:
@@ -42,6 +51,15 @@ def warehouse_dir() -> Path:
 def adapters_dir() -> Path:
     """LoRA adapters: $BETAG_ADAPTERS_DIR, else the git-ignored models/adapters/."""
     return Path(os.environ.get(ADAPTERS_ENV) or REPO_ROOT / "models" / "adapters").resolve()
+
+
+def item_shard_count() -> int:
+    """Item shards of the generation assets: $BETAG_ITEM_SHARDS, else 4. Changing it moves
+    items between shards, so already generated tags are found again but land in new folders."""
+    text = os.environ.get(ITEM_SHARDS_ENV) or str(DEFAULT_ITEM_SHARDS)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ITEM_SHARDS_ENV} must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def dataset_candidates(configured: str | os.PathLike | None = None) -> list[Path]:

@@ -6,6 +6,7 @@ reader can never corrupt it or hold the write lock dbt needs.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +38,28 @@ class WarehouseQueryError(ValueError):
 
 
 @contextmanager
-def connect_readonly(database_path: Path, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect_readonly(
+    database_path: Path, *, sandboxed: bool = False, wait_s: float = 600.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection; ``sandboxed`` also turns off file and network access, so a
-    user's query can neither write the warehouse nor read or write files beside it."""
+    user's query can neither write the warehouse nor read or write files beside it.
+
+    While another process (a dbt build) holds DuckDB's write lock, no reader can open the
+    file: wait up to ``wait_s`` seconds for it, then fail with one line."""
     if not database_path.exists():
         raise FileNotFoundError(f"no warehouse at {database_path}; run `betag run` first")
     config = {"enable_external_access": False} if sandboxed else {}
-    connection = duckdb.connect(str(database_path), read_only=True, config=config)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            connection = duckdb.connect(str(database_path), read_only=True, config=config)
+            break
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                raise WarehouseQueryError(
+                    f"cannot open {database_path} read-only: {str(error).splitlines()[0]}"
+                ) from None
+            time.sleep(0.5)
     try:
         yield connection
     finally:
@@ -129,6 +145,22 @@ def popular_kcore_items(database_path: Path, max_items: int | None) -> list[dict
     return [dict(zip(columns, row)) for row in rows]
 
 
+def tagging_scope(database_path: Path, max_items: int | None) -> list[dict]:
+    """Catalog rows of the items the LLM stages tag: the ``max_items`` most popular k-core
+    items (all with None), then every item added after the catalog's first load, behavior or
+    not (BETags of a new item need none)."""
+    popular = popular_kcore_items(database_path, max_items)
+    chosen = {row["item_id"] for row in popular}
+    with connect_readonly(database_path) as connection:
+        columns, rows = fetch_rows(
+            connection,
+            "select item_id, title, description, attributes from marts.dim_items "
+            "where is_added_after_first_load order by first_seen_at, item_id",
+        )
+    arrivals = [dict(zip(columns, row)) for row in rows]
+    return popular + [row for row in arrivals if row["item_id"] not in chosen]
+
+
 def behavior_sessions(database_path: Path) -> list[tuple[str, list[str]]]:
     """(session_id, item ids in order) of every train behavior session."""
     with connect_readonly(database_path) as connection:
@@ -142,7 +174,7 @@ def run_user_query(database_path: Path, sql: str, max_rows: int) -> tuple[list[s
     The connection is read-only and sandboxed: INSERT, CREATE, COPY ... TO, ATTACH and
     reading files all fail with WarehouseQueryError.
     """
-    with connect_readonly(database_path, sandboxed=True) as connection:
+    with connect_readonly(database_path, sandboxed=True, wait_s=30) as connection:
         try:
             cursor = connection.execute(sql)
             if cursor.description is None:

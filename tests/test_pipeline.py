@@ -13,6 +13,7 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from dagster_betag.defs.jobs import every_item_shard
 from tests.synthetic import (
     reference_kcore,
     reference_sessions,
@@ -38,7 +39,9 @@ SMALL_LLM_RUN = {
 
 def run_pipeline(defs, run_config=None):
     job = defs.resolve_job_def("betag_pipeline")
-    return job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    return job.execute_in_process(
+        run_config=run_config, instance=DagsterInstance.ephemeral(), raise_on_error=False, tags=every_item_shard()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,9 @@ def built(defs, tiny_model_dir, tmp_path_factory):
         patch.setenv("BETAG_DATASET_DIR", str(dataset.folder))
         patch.setenv("BETAG_WAREHOUSE_DIR", str(root / "warehouse"))
         patch.setenv("BETAG_MODEL", str(tiny_model_dir))
+        # its own adapters: other modules train on the same synthetic data, and this module
+        # checks when an adapter is trained and when it is found
+        patch.setenv("BETAG_ADAPTERS_DIR", str(root / "adapters"))
         result = run_pipeline(defs, SMALL_LLM_RUN)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     connection = duckdb.connect(str(root / "warehouse" / "betag.duckdb"), read_only=True)
@@ -239,13 +245,15 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
     assert {p.name for p in charts.glob("*.png")} == {"n_at_10_by_method.png", "beam_count_curve.png", "tag_popularity.png"}
 
 
-def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir):
+def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir, monkeypatch):
     dataset, first, _ = built
+    adapters = Path(first.asset_materializations_for_node("llm__behavior_adapter")[0].metadata["folder"].value).parent
+    monkeypatch.setenv("BETAG_ADAPTERS_DIR", str(adapters))
     warehouse = Path(first.asset_materializations_for_node("llm__finetune_examples")[0].metadata["path"].value).parents[1]
     point_at(dataset.folder, warehouse, tiny_model_dir)
     job = defs.resolve_job_def("betag_pipeline").get_subset(asset_selection={AssetKey(["llm", "base_tags"])})
     run_config = {"ops": {"llm__base_tags": SMALL_LLM_RUN["ops"]["llm__base_tags"]}}
-    again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral())
+    again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), tags=every_item_shard())
     metadata = again.asset_materializations_for_node("llm__base_tags")[0].metadata
     assert metadata["n_generated"].value == 0 and metadata["n_skipped_already_done"].value > 0
     # the adapter of unchanged inputs is found under its id, not trained again

@@ -1,10 +1,14 @@
 """Resumable shards: a crash loses at most the shard in progress; a rerun completes."""
 
+import os
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
 from dagster_betag.shards import run_resumable
-from dagster_betag.shards import ShardedTable
+from dagster_betag.shards import ShardedTable, item_shard_of
 
 
 def rows_for(keys: list[str]) -> pl.DataFrame:
@@ -47,3 +51,41 @@ def test_another_run_key_does_not_count_as_done(tmp_path):
     newer.write(rows_for(["a"]))
     assert newer.done_keys() == {"a"}
     assert ShardedTable(folder, {"prompt_version": "p1"}).done_keys() == {"a", "b"}
+
+
+def test_pending_shards_are_published_only_at_the_end_of_a_run(tmp_path):
+    table = ShardedTable(tmp_path / "shards", {"model": "m1"}, item_shard="2")
+    other_run = ShardedTable(tmp_path / "shards", {"model": "m2"}, item_shard="2")
+    table.write(rows_for(["a"]))
+    other_run.write(rows_for(["b"]))
+    assert table.read(published_only=True) is None and table.done_keys() == {"a"}  # resumable, not visible
+
+    assert table.publish() == 1
+    assert table.read(published_only=True)["item_id"].to_list() == ["a"]
+    assert list(table.shard_folder.glob("pending-*")) != []  # the other run's shard stays pending
+    assert table.read(published_only=True)["item_shard"].to_list() == ["2"]
+
+
+def test_a_key_is_done_only_for_the_input_it_was_generated_from(tmp_path):
+    table = ShardedTable(tmp_path / "shards", {"model": "m1"}, version_column="input_hash")
+    table.write(rows_for(["a", "b"]).with_columns(input_hash=pl.Series(["h1", "h2"])))
+    assert table.done_keys({"a": "h1", "b": "changed"}) == {"a"}
+
+    counts = run_resumable(
+        ["a", "b", "c"], table,
+        lambda chunk, advance: rows_for(chunk).with_columns(input_hash=pl.lit("new")),
+        shard_size=5, what="test", log=lambda _: None, versions={"a": "h1", "b": "new", "c": "new"},
+    )  # fmt: skip
+    assert (counts.n_skipped, counts.n_generated, counts.n_changed) == (1, 2, 1)
+
+
+def test_item_shards_are_stable_and_cover_every_item():
+    ids = [str(i) for i in range(1000)]
+    shards = [item_shard_of(item_id, 4) for item_id in ids]
+    assert set(shards) == {"0", "1", "2", "3"}
+    assert min(shards.count(s) for s in "0123") > 200  # balanced enough to parallelize
+    # the same in another process with another hash seed (Python's hash() would differ)
+    script = "from dagster_betag.shards import item_shard_of; print(''.join(item_shard_of(str(i), 4) for i in range(1000)))"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"})  # fmt: skip
+    assert other.stdout.strip() == "".join(shards)

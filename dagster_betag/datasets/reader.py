@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,14 +43,13 @@ def read_csv_text(
 
     ``columns`` names the fields of a headerless file (MovieLens .dat/u.* files); without
     it the first line is the header. ``encoding`` is "utf8" (bad bytes become U+FFFD) or
-    "latin-1". Polars does the parsing; the rare file it rejects (stray quotes) is parsed
-    again with Python's csv module, which accepts anything, so no row is ever lost.
+    "latin-1". Polars does the parsing; the rare file it rejects or would misread (stray
+    quotes) is parsed with Python's csv module, which accepts anything, so no row is ever lost.
     """
     _check_file(path)
     source, separator = _source(path, encoding, separator)
-    try:
-        frame = _polars_read(source, columns, separator, quote_char)
-    except (PolarsError, PanicException):
+    frame = _polars_read_if_safe(source, columns, separator, quote_char)
+    if frame is None:
         data = source if isinstance(source, bytes) else path.read_bytes()
         frame = _python_read(path, data, columns, separator, quote_char)
     return _finish(path, frame, required, allow_no_rows)
@@ -110,6 +111,38 @@ def _source(path: Path, encoding: str, separator: str) -> tuple[Path | bytes, st
     return data, separator
 
 
+def _polars_read_if_safe(
+    source: Path | bytes, columns: Sequence[str] | None, separator: str, quote_char: str | None
+) -> pl.DataFrame | None:
+    """Polars' reading, or None where polars rejects the file or could misread it: a quote inside
+    a field rather than at its edge may be taken for the start of a quoted field, folding every
+    line up to the next such quote into one value."""
+    if quote_char is not None and _has_stray_quote(source, separator, quote_char):
+        return None
+    try:
+        return _polars_read(source, columns, separator, quote_char)
+    except (PolarsError, PanicException):
+        return None
+
+
+def _has_stray_quote(source: Path | bytes, separator: str, quote_char: str) -> bool:
+    """Whether some quote has a byte other than a separator, line break or quote on both sides
+    (as in ``5" floppy``); read in chunks, so a big file never sits in memory whole."""
+    quote = re.escape(quote_char.encode())
+    inside = b"[^" + re.escape(separator.encode()) + quote + b"\r\n]"
+    stray = re.compile(b"(?<=" + inside + b")" + quote + b"(?=" + inside + b")")
+    if isinstance(source, bytes):
+        return stray.search(source) is not None
+    with source.open("rb") as handle:
+        tail = b""  # a quote and its two neighbours may straddle two chunks
+        while chunk := handle.read(1 << 24):
+            window = tail + chunk
+            if quote_char.encode() in window and stray.search(window):
+                return True
+            tail = window[-2:]
+    return False
+
+
 def _polars_read(
     source: Path | bytes, columns: Sequence[str] | None, separator: str, quote_char: str | None
 ) -> pl.DataFrame:
@@ -129,17 +162,24 @@ def _polars_read(
 def _python_read(
     path: Path, data: bytes, columns: Sequence[str] | None, separator: str, quote_char: str | None
 ) -> pl.DataFrame:
-    """Parse with Python's lenient csv module; rows are padded or cut to the header's width, as polars does."""
+    """Parse with Python's lenient csv module; rows are padded or cut to the header's width, as polars does.
+
+    Its 128 kB limit on a field is lifted for the parse (polars has none), so a long description
+    or a quote left open does not refuse the whole file; the process-wide limit is put back after.
+    """
     text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
     dialect = {
         "delimiter": separator,
         "quotechar": quote_char,
         "quoting": csv.QUOTE_NONE if quote_char is None else csv.QUOTE_MINIMAL,
     }
+    limit = csv.field_size_limit(sys.maxsize)
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), **dialect))
     except csv.Error as exc:
         raise DatasetError(f"{path.name} is not readable as CSV ({one_line(exc)})") from exc
+    finally:
+        csv.field_size_limit(limit)
     if columns is None:
         while rows and not rows[0]:
             rows.pop(0)

@@ -10,7 +10,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
 from dagster_betag.defs.resources import WarehouseResource
-from dagster_betag.evaluation.data import LLM_TAG_SOURCES, load_results
+from dagster_betag.evaluation.data import LLM_TAG_SOURCES, EvaluationInputError, load_results
 from dagster_betag.evaluation.report import ablation_order, betag_comparison
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
@@ -26,7 +26,11 @@ def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], tup
 
     @asset_check(asset=BETAGS, name=name, additional_deps=[EVAL_RESULTS], description=description)
     def check(warehouse: WarehouseResource) -> AssetCheckResult:
-        passed, table = claim(load_results(warehouse.layout.database_path))
+        try:
+            results = load_results(warehouse.layout.database_path)
+        except EvaluationInputError as missing:  # BETags decoded before any evaluation ran
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=str(missing))
+        passed, table = claim(results)
         return AssetCheckResult(
             passed=passed,
             severity=AssetCheckSeverity.WARN,

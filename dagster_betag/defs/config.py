@@ -6,6 +6,7 @@ without a second copy of the field list to keep in step.
 
 import dataclasses
 import typing
+from collections.abc import Collection
 from typing import Any
 
 from dagster import Config
@@ -80,17 +81,17 @@ def to_dataclass(config: Config, dataclass_type: type):
     return dataclass_type(**values)
 
 
-def profile_run_config(profile: str, ablations: bool | None = None) -> dict:
+def profile_run_config(profile: str, ablations: bool | None = None, ops: Collection[str] | None = None) -> dict:
     """Run config that scopes the LLM assets and the evaluation to a profile; ``ablations``
-    overrides whether the profile decodes the Table 3 ablations."""
+    overrides whether the profile decodes the Table 3 ablations; ``ops`` keeps the config of
+    those steps only (a job that runs a subset of the assets)."""
     chosen = PROFILES[profile]
     scope = {"max_items": chosen["max_items"]}
     variants = chosen["ablations"] if ablations is None else (ALL_ABLATIONS if ablations else [])
-    return {
-        "ops": {
-            "llm__base_tags": {"config": scope},
-            "llm__finetune_examples": {"config": {"max_examples": chosen["max_examples"]}},
-            "llm__betags": {"config": {**scope, "ablations": variants}},
-            "evaluation__eval_results": {"config": {"seeds": chosen["seeds"]}},
-        }
+    configs = {
+        "llm__base_tags": {"config": scope},
+        "llm__finetune_examples": {"config": {"max_examples": chosen["max_examples"]}},
+        "llm__betags": {"config": {**scope, "ablations": variants}},
+        "evaluation__eval_results": {"config": {"seeds": chosen["seeds"]}},
     }
+    return {"ops": {name: config for name, config in configs.items() if ops is None or name in ops}}

@@ -1,7 +1,49 @@
+"""Jobs: the whole pipeline, the warehouse alone, and the two refreshes the schedules launch."""
+
 from dagster import AssetSelection, define_asset_job
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from dagster_betag.defs.assets.sources import landing_tables
+from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples
+from dagster_betag.defs.assets.warehouse_models import tag_models, warehouse_models
+from dagster_betag.defs.checks import betag_ablation_order, betag_beats_base_and_native
+from dagster_betag.defs.partitions import item_shards
+
+
+# they judge the latest evaluation, which a refresh does not redo
+EVALUATION_CLAIMS = AssetSelection.checks(betag_beats_base_and_native, betag_ablation_order)
+
+
+def every_item_shard() -> dict[str, str]:
+    """Run tags that make one run cover every item shard (what ``betag run`` and the schedules launch)."""
+    keys = item_shards.get_partition_keys()
+    return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+
 
 betag_pipeline = define_asset_job(
     name="betag_pipeline",
     selection=AssetSelection.all(),
-    description="Everything that exists: landing tables, then dbt build of staging, intermediate and marts.",
+    description="Everything: landing, dbt build, base tags, finetuning, BETags, tag tables, evaluation.",
+)
+
+warehouse_build = define_asset_job(
+    name="warehouse_build",
+    selection=AssetSelection.assets(landing_tables, warehouse_models),
+    description="Landing tables and the dbt models upstream of the LLM; loads no model, so it takes seconds.",
+)
+
+catalog_refresh = define_asset_job(
+    name="catalog_refresh",
+    selection=AssetSelection.assets(landing_tables, warehouse_models, base_tags, betags, tag_models)
+    - EVALUATION_CLAIMS,
+    description=(
+        "Land the inputs again, rebuild the warehouse, tag the items that are new or whose description "
+        "changed (base tags, then BETags with the current adapter) and rebuild the tag tables."
+    ),
+)
+
+behavior_refresh = define_asset_job(
+    name="behavior_refresh",
+    selection=AssetSelection.assets(finetune_examples, behavior_adapter, betags, tag_models) - EVALUATION_CLAIMS,
+    description="Finetune the adapter again on the behavior so far and decode every item's BETags with it.",
 )

@@ -15,8 +15,10 @@ from pydantic import Field
 
 from dagster_betag import settings
 from dagster_betag.datasets import LandedDataset, read_dataset
-from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
 from dagster_betag.defs.project import betag_dbt_project
+from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
+from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
+from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import WarehouseLayout
 
 
@@ -36,6 +38,9 @@ class DatasetResource(ConfigurableResource):
         return read_dataset(settings.resolve_dataset_dir(self.path), self.format)
 
 
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
 class WarehouseResource(ConfigurableResource):
     """The warehouse folder: the DuckDB file that dbt owns and the landing Parquet files."""
 
@@ -44,6 +49,17 @@ class WarehouseResource(ConfigurableResource):
     @property
     def layout(self) -> WarehouseLayout:
         return WarehouseLayout(Path(self.directory).resolve())
+
+    lock_timeout_s: float = Field(
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        description="How long a writing step waits for another run holding the same part of the warehouse.",
+    )
+
+    def writing(self, part: str, log=None):
+        """Exclusive access to ``part`` (the DuckDB file, an item shard of a table) for one step."""
+        return exclusive(
+            self.layout.directory / "locks" / f"{part}.lock", f"warehouse {part}", timeout_s=self.lock_timeout_s, log=log
+        )
 
     def check_dbt_agrees(self) -> None:
         """dbt resolves the same folder from the environment; refuse to build two warehouses."""
@@ -63,11 +79,33 @@ class LLMResource(ConfigurableResource):
     )
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` when it is a folder.")
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu or cuda.")
+    api_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API root (http://host:8000/v1) writing the base tags; unset: the local model.",
+    )
+    api_model: str | None = Field(default=None, description="Model name the API serves; needed with api_base_url.")
+    api_key_env: str = Field(
+        default=DEFAULT_API_KEY_ENV, description="Environment variable holding the API key (none sent when unset)."
+    )
+    api_max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, description="API requests in flight at once.")
 
     def load(self) -> LoadedLLM:
         """A fresh model each call: finetuning wraps the weights it is given, so no two
         assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
         return load_llm(LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device))
+
+    def base_tagger(self, cache_dir: Path) -> LoadedLLM | ApiTagger:
+        """What writes base tags: the model behind ``api_base_url`` when set (its answers cached
+        under ``cache_dir``, so a rerun asks nothing twice), else the local model."""
+        if self.api_base_url is None:
+            return self.load()
+        config = ApiConfig(
+            base_url=self.api_base_url,
+            model=self.api_model or "",
+            api_key_env=self.api_key_env,
+            max_concurrency=self.api_max_concurrency,
+        )
+        return ApiTagger(config, cache_dir)
 
 
 def _from_env(name: str, default: str | None) -> str | EnvVar | None:
@@ -76,9 +114,12 @@ def _from_env(name: str, default: str | None) -> str | EnvVar | None:
 
 def build_resources() -> dict[str, object]:
     return {
-        "dataset": DatasetResource(path=_from_env(settings.DATASET_ENV, None)),
+        "dataset": DatasetResource(
+            path=_from_env(settings.DATASET_ENV, None), format=_from_env(settings.DATASET_FORMAT_ENV, "auto")
+        ),
         "warehouse": WarehouseResource(
-            directory=_from_env(settings.WAREHOUSE_ENV, str(settings.warehouse_dir()))
+            directory=_from_env(settings.WAREHOUSE_ENV, str(settings.warehouse_dir())),
+            lock_timeout_s=float(os.environ.get(settings.LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)),
         ),
         "dbt": DbtCliResource(project_dir=betag_dbt_project),
         "llm": LLMResource(model=_from_env(settings.MODEL_ENV, DEFAULT_MODEL)),

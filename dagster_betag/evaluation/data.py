@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dagster_betag.warehouse import connect_readonly, fetch_rows
+from dagster_betag.warehouse import connect_readonly, fetch_rows, fetch_value
 
 SPLITS = ("validation", "test")
 
@@ -152,11 +152,18 @@ def load_tag_popularity(database_path: Path) -> dict[str, list[int]]:
     return {source: counts[source] for source in TAG_SOURCES if source in counts}
 
 
+EVAL_RESULTS_EXIST = (
+    "select count(*) from information_schema.tables where table_schema = 'marts' and table_name = 'eval_results'"
+)
+
+
 def load_results(database_path: Path, run_id: str | None = None) -> pl.DataFrame:
     """The rows of one evaluation run from marts.eval_results (default: the latest run)."""
     latest = "(select run_id from marts.eval_results order by created_at desc, run_id limit 1)"
     run = latest if run_id is None else "'" + run_id.replace("'", "''") + "'"
     with connect_readonly(database_path) as connection:
+        if not fetch_value(connection, EVAL_RESULTS_EXIST):
+            raise EvaluationInputError(f"no evaluation in {database_path} yet: materialize evaluation/eval_results")
         columns, rows = fetch_rows(connection, f"select * from marts.eval_results where run_id = {run}")
     frame = pl.DataFrame(rows, schema=columns, orient="row")
     if frame.is_empty():

@@ -138,12 +138,21 @@ def generate_base_tags(
     texts = generate_base_tag_texts(
         llm, items, config, few_shot=few_shot, on_batch=on_batch, catalog_values=catalog_values
     )
-    results = []
-    for item, text in zip(items, texts, strict=True):
-        excluded = _contradicting_values(item, catalog_values, config.exclusive_attributes)
-        tags = parse_tags(text, echoes=[item.title])
-        results.append([tag for tag in tags if tag not in excluded][: config.num_tags])
-    return results
+    return [tags_from_answer(item, text, config, catalog_values) for item, text in zip(items, texts, strict=True)]
+
+
+def tags_from_answer(
+    item: ItemDescription,
+    text: str,
+    config: BaseTagConfig,
+    catalog_values: Mapping[str, Iterable[str]] | None = None,
+) -> list[str]:
+    """The base tags kept from one raw answer: parsed, title echoes and contradicting attribute
+    values dropped, at most ``config.num_tags``. Shared by local generation and ``llm/api.py``,
+    so a model behind an API is judged by exactly the same rules."""
+    excluded = _contradicting_values(item, catalog_values, config.exclusive_attributes)
+    tags = parse_tags(text, echoes=[item.title])
+    return [tag for tag in tags if tag not in excluded][: config.num_tags]
 
 
 def generate_base_tag_texts(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -20,34 +21,55 @@ from dagster_betag.llm.base_tags import BaseTagConfig, catalog_attribute_values,
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.betag import BetagConfig, generate_betags
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, config_fingerprint, train_lora
-from dagster_betag.llm.prompts import ItemDescription
+from dagster_betag.llm.prompts import ItemDescription, describe_item
 from dagster_betag.plots import loss_curve_png
 from dagster_betag.progress import Progress
-from dagster_betag.shards import RunCounts, ShardedTable, run_resumable
+from dagster_betag.shards import RunCounts, ShardedTable, run_resumable, stable_hash
 
 Log = Callable[[str], None]
 
 
 def now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    # microseconds: a refresh's rows sort after the ones it replaces even within one second
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def base_tag_run(
-    llm, items: Sequence[ItemDescription], table: ShardedTable, config: BaseTagConfig, *, shard_size: int, log: Log
+    llm,
+    items: Sequence[ItemDescription],
+    table: ShardedTable,
+    config: BaseTagConfig,
+    *,
+    shard_size: int,
+    log: Log,
+    only: Collection[str] | None = None,
 ) -> RunCounts:
+    """Base tags of ``items`` (of those in ``only`` when given) not yet in ``table`` for their
+    current description, then published. ``llm`` is a LoadedLLM, or a tagger with its own
+    ``generate_base_tags(items, config, ...)`` (an ``api.ApiTagger``)."""
+    generate = getattr(llm, "generate_base_tags", None) or partial(generate_base_tags, llm)
     by_id = {item.item_id: item for item in items}
-    # built once from every item, so an item's tags never depend on the shard it lands in
+    # built once from every item in scope (pass them all, even when ``only`` selects an item
+    # shard), so an item's tags never depend on the shard it lands in
     catalog_values = catalog_attribute_values(items)
+    # what the prompt shows of the item: when it changes, the item is tagged again
+    versions = {item.item_id: stable_hash(describe_item(item)) for item in items}
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         items_in_shard = [by_id[i] for i in item_ids]
-        tags = generate_base_tags(llm, items_in_shard, config, on_batch=advance, catalog_values=catalog_values)
+        tags = generate(items_in_shard, config, on_batch=advance, catalog_values=catalog_values)
         return pl.DataFrame(
-            {"item_id": item_ids, "tags": tags, "generated_at": [now_text()] * len(item_ids)},
-            schema={"item_id": pl.Utf8, "tags": pl.List(pl.Utf8), "generated_at": pl.Utf8},
+            {
+                "item_id": item_ids,
+                "tags": tags,
+                "input_hash": [versions[i] for i in item_ids],
+                "generated_at": [now_text()] * len(item_ids),
+            },
+            schema={"item_id": pl.Utf8, "tags": pl.List(pl.Utf8), "input_hash": pl.Utf8, "generated_at": pl.Utf8},
         )
 
-    return run_resumable(list(by_id), table, produce, shard_size=shard_size, what="base tags", log=log)
+    keys = [item_id for item_id in by_id if only is None or item_id in only]
+    return run_resumable(keys, table, produce, shard_size=shard_size, what="base tags", log=log, versions=versions)
 
 
 def betag_run(
@@ -59,6 +81,10 @@ def betag_run(
     shard_size: int,
     log: Log,
 ) -> RunCounts:
+    """BETags of the items in ``base_tags`` not yet in ``table`` for their current base tags
+    (the prompt's input), then published."""
+    versions = {item_id: stable_hash(list(tags)) for item_id, tags in base_tags.items()}
+
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         results = generate_betags(llm, [(i, base_tags[i]) for i in item_ids], config, on_batch=advance)
         return pl.DataFrame(
@@ -67,6 +93,7 @@ def betag_run(
                 "beam_texts": [r.beam_texts for r in results],
                 "beam_tags": [r.beam_tags for r in results],
                 "tags": [[asdict(t) for t in r.tags] for r in results],
+                "input_hash": [versions[r.item_id] for r in results],
                 "generated_at": [now_text()] * len(results),
             },
             schema={
@@ -74,11 +101,13 @@ def betag_run(
                 "beam_texts": pl.List(pl.Utf8),
                 "beam_tags": pl.List(pl.List(pl.Utf8)),
                 "tags": pl.List(pl.Struct({"tag": pl.Utf8, "n_beams": pl.Int64, "score": pl.Float64})),
+                "input_hash": pl.Utf8,
                 "generated_at": pl.Utf8,
             },
         )
 
-    return run_resumable(list(base_tags), table, produce, shard_size=shard_size, what="BETags", log=log)
+    keys = list(base_tags)
+    return run_resumable(keys, table, produce, shard_size=shard_size, what="BETags", log=log, versions=versions)
 
 
 @dataclass(frozen=True)

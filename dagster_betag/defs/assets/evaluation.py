@@ -40,7 +40,9 @@ def eval_results(
     frame = results_frame(
         evaluation, evaluation_config, run_id=context.run.run_id, dataset=dataset_name, created_at=now_text()
     )
-    path = ShardedTable(warehouse.layout.landing_dir / EVAL_RESULTS_FOLDER, {}).write(frame)
+    results = ShardedTable(warehouse.layout.landing_dir / EVAL_RESULTS_FOLDER, {"run_id": context.run.run_id})
+    results.write(frame)
+    results.publish()
     charts = {
         "n_at_10_by_method": method_bars_png(frame),
         "beam_count_curve": beam_curve_png(frame),
@@ -58,7 +60,7 @@ def eval_results(
         "n_items": evaluation.data.n_items,
         "n_users": len(evaluation.data.users),
         "tag_sources": ", ".join(evaluation.sources),
-        "path": str(path),
+        "folder": str(results.shard_folder),
         "charts_folder": str(reports),
         "tables": MetadataValue.md(poster_tables(frame)),
         **{name: MetadataValue.md(markdown_image(png, name)) for name, png in charts.items() if png is not None},

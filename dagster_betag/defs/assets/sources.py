@@ -27,7 +27,8 @@ dataset_files = AssetSpec(
 def landing_tables(context: AssetExecutionContext, dataset: DatasetResource, warehouse: WarehouseResource):
     """Read the dataset with its adapter and write the landing Parquet files, all or nothing."""
     landed = dataset.read()
-    row_counts = write_landing(landed, warehouse.layout.landing_dir)
+    with warehouse.writing("landing", context.log.info):
+        row_counts = write_landing(landed, warehouse.layout.landing_dir)
     context.log.info(f"landed {landed.name} ({landed.format}) from {landed.source_dir}: {row_counts}")
     for table, frame in landed.tables().items():
         yield MaterializeResult(

@@ -6,10 +6,11 @@ files (Parquet shards, an adapter folder) that dbt and later assets read.
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from dagster_betag import settings
 from dagster_betag.defs.config import (
@@ -19,18 +20,21 @@ from dagster_betag.defs.config import (
     FinetuneExamplesConfig,
     to_dataclass,
 )
+from dagster_betag.defs.partitions import item_shards
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
 from dagster_betag.files import replacing
+from dagster_betag.llm.api import ApiTagger
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import ABLATIONS, FULL_BETAG, BetagConfig, BetagVariant
+from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, ItemDescription
 from dagster_betag.plots import markdown_image, tag_frequency_png
-from dagster_betag.shards import ShardedTable
-from dagster_betag.warehouse import behavior_sessions, markdown_table, popular_kcore_items
+from dagster_betag.refresh import CURRENT_ADAPTER_FILE, current_adapter, train_interaction_count
+from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
+from dagster_betag.warehouse import behavior_sessions, markdown_table, popular_kcore_items, tagging_scope
 
-CURRENT_ADAPTER_FILE = "current_adapter.json"
 
 
 def base_tag_table(warehouse: WarehouseResource, llm, generation: BaseTagConfig | None = None) -> ShardedTable:
@@ -39,16 +43,36 @@ def base_tag_table(warehouse: WarehouseResource, llm, generation: BaseTagConfig 
     run_key = {"model": llm.name, "model_fingerprint": llm.fingerprint, "prompt_version": BASE_TAG_PROMPT_VERSION}
     if generation is not None:
         run_key |= {"precision": llm.precision, "generation": config_fingerprint(generation)}
-    return ShardedTable(warehouse.layout.landing_dir / "base_tags", run_key)
+    return ShardedTable(warehouse.layout.landing_dir / "base_tags", run_key, version_column="input_hash")
 
 
 def current_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
-    """item id -> latest base tags of this model and prompt version, whatever decoded them."""
-    frame = base_tag_table(warehouse, llm).read()
+    """item id -> latest published base tags of this model and prompt version, whatever decoded them."""
+    frame = base_tag_table(warehouse, llm).read(published_only=True)
     if frame is None:
         return {}
     latest = frame.sort("generated_at").unique("item_id", keep="last")
     return dict(zip(latest["item_id"].to_list(), latest["tags"].to_list()))
+
+
+def api_cache_dir(warehouse: WarehouseResource) -> Path:
+    return warehouse.layout.directory / "cache" / "api"
+
+
+def in_item_shard(item_ids, item_shard: str) -> set[str]:
+    n_shards = len(item_shards.get_partition_keys())
+    return {item_id for item_id in item_ids if item_shard_of(item_id, n_shards) == item_shard}
+
+
+def run_counts_metadata(counts: RunCounts) -> dict:
+    return {
+        "n_generated": counts.n_generated,
+        "n_new": counts.n_generated - counts.n_changed,
+        "n_changed": counts.n_changed,
+        "n_skipped_already_done": counts.n_skipped,
+        "seconds": round(counts.seconds, 1),
+        "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
+    }
 
 
 def tag_quality_metadata(tags_by_item: dict[str, list[str]], what: str) -> dict:
@@ -69,31 +93,41 @@ def tag_quality_metadata(tags_by_item: dict[str, list[str]], what: str) -> dict:
     key=AssetKey(["llm", "base_tags"]),
     deps=[AssetKey(["marts", "dim_items"]), AssetKey(["marts", "fct_item_popularity"])],
     group_name="llm",
-    description="Zero-shot base tags from the item's structured description, in resumable Parquet shards.",
+    partitions_def=item_shards,
+    backfill_policy=BackfillPolicy.single_run(),
+    description=(
+        "Zero-shot base tags from the item's structured description, in resumable Parquet shards; "
+        "partitioned by item shard, and only new items or items whose description changed are tagged."
+    ),
 )
 def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMResource, warehouse: WarehouseResource):
-    loaded = llm.load()
-    items = [ItemDescription.from_row(row) for row in popular_kcore_items(warehouse.layout.database_path, config.max_items)]
+    tagger = llm.base_tagger(api_cache_dir(warehouse))
+    items = [ItemDescription.from_row(row) for row in tagging_scope(warehouse.layout.database_path, config.max_items)]
     generation = to_dataclass(config, BaseTagConfig)
-    counts = base_tag_run(
-        loaded,
-        items,
-        base_tag_table(warehouse, loaded, generation),
-        generation,
-        shard_size=config.shard_size,
-        log=context.log.info,
-    )
-    tags = current_base_tags(warehouse, loaded)
+    table = base_tag_table(warehouse, tagger, generation)
+    counts = RunCounts(0, 0, 0, 0.0)
+    for item_shard in context.partition_keys:
+        with warehouse.writing(f"base_tags-{item_shard}", context.log.info):
+            counts += base_tag_run(
+                tagger,
+                items,
+                table.for_item_shard(item_shard),
+                generation,
+                shard_size=config.shard_size,
+                log=context.log.info,
+                only=in_item_shard((item.item_id for item in items), item_shard),
+            )
+    tags = current_base_tags(warehouse, tagger)
     in_scope = {item.item_id: tags.get(item.item_id, []) for item in items}
     sample = [(item.title, ", ".join(in_scope[item.item_id])) for item in items[:8]]
     return MaterializeResult(
         metadata={
-            "model": loaded.name,
+            "model": tagger.name,
             "prompt_version": BASE_TAG_PROMPT_VERSION,
-            "n_generated": counts.n_generated,
-            "n_skipped_already_done": counts.n_skipped,
-            "seconds": round(counts.seconds, 1),
-            "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
+            "item_shards": ", ".join(context.partition_keys),
+            **run_counts_metadata(counts),
+            # requests, retries, cache hits and back-off of an API tagger
+            **({f"api_{k}": v for k, v in asdict(tagger.stats).items()} if isinstance(tagger, ApiTagger) else {}),
             **tag_quality_metadata(in_scope, "base tags"),
             "sample": MetadataValue.md(markdown_table(["title", "base tags"], sample, max_chars=120)),
         }
@@ -107,8 +141,7 @@ def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMRe
     description="Next-item windows over train-only behavior sessions, items written as their base tags.",
 )
 def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesConfig, llm: LLMResource, warehouse: WarehouseResource):
-    loaded = llm.load()
-    tags = current_base_tags(warehouse, loaded)
+    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
     windows = build_windows(behavior_sessions(warehouse.layout.database_path), set(tags), to_dataclass(config, WindowConfig))
     frame = pl.DataFrame(
         {
@@ -148,7 +181,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
 )
 def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm: LLMResource, warehouse: WarehouseResource):
     loaded = llm.load()
-    tags = current_base_tags(warehouse, loaded)
+    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
     examples_path = warehouse.layout.landing_dir / "finetune_examples.parquet"
     examples = pl.read_parquet(examples_path)
     windows = [
@@ -165,7 +198,12 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
         data_fingerprint=data_fingerprint,
         log=context.log.info,
     )
-    pointer = {"adapter_id": artifact.adapter_id, "folder": str(artifact.folder)}
+    pointer = {
+        "adapter_id": artifact.adapter_id,
+        "folder": str(artifact.folder),
+        # the weekly re-finetune schedule compares this with the behavior that arrived since
+        "n_train_interactions": train_interaction_count(warehouse.layout),
+    }
     with replacing(warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE) as temporary:
         temporary.write_text(json.dumps(pointer) + "\n")
     manifest = artifact.manifest
@@ -185,23 +223,28 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
     )
 
 
-def betag_scope(warehouse: WarehouseResource, base, max_items: int | None) -> dict[str, list[str]]:
-    """item id -> base tags, for the (most popular first) k-core items in scope that have them."""
-    tags = current_base_tags(warehouse, base)
-    scope = [row["item_id"] for row in popular_kcore_items(warehouse.layout.database_path, max_items)]
+def betag_scope(warehouse: WarehouseResource, base_tagger, max_items: int | None) -> dict[str, list[str]]:
+    """item id -> base tags, for the items in scope (most popular k-core first, then new arrivals) that have them."""
+    tags = current_base_tags(warehouse, base_tagger)
+    scope = [row["item_id"] for row in tagging_scope(warehouse.layout.database_path, max_items)]
     return {item_id: tags[item_id] for item_id in scope if item_id in tags}
 
 
 def generate_variant(
     context: AssetExecutionContext, variant: BetagVariant, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource
 ) -> tuple[dict, dict[str, list[str]], dict[str, list[str]]]:
-    """Decode ``variant`` for the items in scope into the BETag shards.
+    """Decode ``variant`` for the items in scope of the run's item shards into the BETag shards.
 
     Returns (metadata, item -> base tags, item -> aggregated tags)."""
     base = llm.load()
-    items = betag_scope(warehouse, base, config.max_items)
+    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse)), config.max_items)
     if variant.finetuned:
-        pointer = json.loads((warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE).read_text())
+        pointer = current_adapter(warehouse.layout)
+        if pointer is None:
+            raise FileNotFoundError(
+                f"no behavior adapter in {warehouse.layout.directory}: materialize llm/behavior_adapter "
+                "(the betag_pipeline job or `betag run`) before refreshing BETags"
+            )
         adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
     else:
         adapter_id, model = "none", base
@@ -213,30 +256,39 @@ def generate_variant(
             "adapter_id": adapter_id,
             "model": base.name,
             "precision": base.precision,
+            "prompt_version": BEHAVIOR_PROMPT_VERSION,
             "decoding": config_fingerprint(betag_config),
         },
+        version_column="input_hash",
     )
     context.log.info(f"BETag variant {variant.name}: {betag_config.num_groups} group(s), adapter {adapter_id}")
-    counts = betag_run(model, items, table, betag_config, shard_size=config.shard_size, log=context.log.info)
+    counts = RunCounts(0, 0, 0, 0.0)
+    for item_shard in context.partition_keys:
+        members = in_item_shard(items, item_shard)
+        with warehouse.writing(f"betags-{item_shard}", context.log.info):
+            counts += betag_run(
+                model,
+                {item_id: tags for item_id, tags in items.items() if item_id in members},
+                table.for_item_shard(item_shard),
+                betag_config,
+                shard_size=config.shard_size,
+                log=context.log.info,
+            )
     latest = table.read().sort("generated_at").unique("item_id", keep="last").filter(pl.col("item_id").is_in(list(items)))
     tagged = {row["item_id"]: [t["tag"] for t in row["tags"]] for row in latest.iter_rows(named=True)}
-    metadata = {
-        "adapter_id": adapter_id,
-        "n_generated": counts.n_generated,
-        "n_skipped_already_done": counts.n_skipped,
-        "seconds": round(counts.seconds, 1),
-        "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
-    }
-    return metadata, items, tagged
+    return {"adapter_id": adapter_id, **run_counts_metadata(counts)}, items, tagged
 
 
 @asset(
     key=AssetKey(["llm", "betags"]),
     deps=[AssetKey(["llm", "behavior_adapter"]), AssetKey(["llm", "base_tags"])],
     group_name="llm",
+    partitions_def=item_shards,
+    backfill_policy=BackfillPolicy.single_run(),
     description=(
         "BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated; "
-        "then the configured ablations of the poster's Table 3 (no_finetune, one_beam, neither)."
+        "then the configured ablations of the poster's Table 3 (no_finetune, one_beam, neither). "
+        "Partitioned by item shard; items whose base tags and adapter are unchanged are not decoded again."
     ),
 )
 def betags(context: AssetExecutionContext, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource):

@@ -63,11 +63,13 @@ evaluation_models = dbt_build_step(
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
     """``dbt build`` of this asset's models and tests, then row counts and a preview per table."""
     warehouse.check_dbt_agrees()
-    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
-    # dbt holds DuckDB's single write lock until it exits, so the tables are read after
-    # the build rather than while its events stream in.
-    events = list(invocation.stream())
-    yield from _with_table_metadata(context, events, warehouse)
+    # DuckDB has one writer: a second run's build waits here instead of failing inside dbt
+    with warehouse.writing("duckdb", context.log.info):
+        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        # dbt holds DuckDB's single write lock until it exits, so the tables are read after
+        # the build rather than while its events stream in (and before the next run's build).
+        events = list(_with_table_metadata(context, list(invocation.stream()), warehouse))
+    yield from events
     if not invocation.is_successful():
         raise invocation.get_error()
 

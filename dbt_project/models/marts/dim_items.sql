@@ -56,6 +56,18 @@ popularity as (
 
 ),
 
+first_seen as (
+
+    select * from {{ ref('int_items_first_seen') }}
+
+),
+
+first_load as (
+
+    select min(first_seen_at) as first_load_at from first_seen
+
+),
+
 final as (
 
     select
@@ -66,8 +78,12 @@ final as (
         attribute_maps.attributes_text,
         coalesce(native_tags.n_native_tags, 0) as n_native_tags,
         popularity.n_train_interactions,
-        popularity.is_in_kcore
+        popularity.is_in_kcore,
+        first_seen.first_seen_at,
+        first_seen.first_seen_at > first_load.first_load_at as is_added_after_first_load
     from items
+    cross join first_load
+    left join first_seen on items.item_id = first_seen.item_id
     left join attribute_maps on items.item_id = attribute_maps.item_id
     left join native_tags on items.item_id = native_tags.item_id
     left join popularity on items.item_id = popularity.item_id

@@ -15,6 +15,13 @@ known_items as (
 
 ),
 
+-- a tag read from an item row (the generic items file's native_tags column) belongs to that row
+item_rows as (
+
+    select source_file, source_row, rejection_reason from {{ ref('base_items') }}
+
+),
+
 typed as (
 
     select
@@ -38,10 +45,14 @@ checked as (
             when typed.tag is null then 'missing_tag'
             when typed.tagged_at_text is not null and typed.tagged_at is null
                 then 'bad_timestamp'
+            when item_rows.rejection_reason is not null then 'rejected_item'
             when known_items.item_id is null then 'unknown_item'
         end as invalid_reason
     from typed
     left join known_items on typed.item_id = known_items.item_id
+    left join item_rows
+        on typed.source_file = item_rows.source_file
+        and typed.source_row = item_rows.source_row
 
 ),
 

@@ -17,6 +17,8 @@ final as (
         prompt_version,
         precision,
         generation,
+        input_hash,
+        coalesce(item_shard, 'all') as item_shard,
         cast(generated_at as timestamp) as generated_at
     from source
 

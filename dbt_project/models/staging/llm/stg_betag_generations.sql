@@ -18,6 +18,9 @@ final as (
         model,
         precision,
         decoding,
+        prompt_version,
+        input_hash,
+        coalesce(item_shard, 'all') as item_shard,
         cast(generated_at as timestamp) as generated_at
     from source
 

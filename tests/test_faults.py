@@ -1,0 +1,209 @@
+"""Faults and scale-out, with real processes: item shards generated concurrently by separate
+runs (multiprocess executor), a generation killed with SIGKILL and resumed, two refreshes at
+once, and a run that meets a lock held by another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from dagster import DagsterInstance
+
+from dagster_betag import settings
+from dagster_betag.defs.jobs import every_item_shard
+from dagster_betag.locks import exclusive
+from dagster_betag.warehouse import tagging_scope
+from tests.synthetic import write_synthetic_movielens
+from tests.test_pipeline import SMALL_LLM_RUN, run_pipeline
+from tests.test_refresh import REFRESH_RUN, add_movies
+
+DAGSTER = Path(sys.executable).parent / "dagster"
+TAG_OPS = {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm__betags")}
+
+
+@pytest.fixture(scope="module")
+def reference(defs, tiny_model_dir, tmp_path_factory):
+    """The unpartitioned run: every item shard in one in-process run of the whole pipeline."""
+    root = tmp_path_factory.mktemp("faults")
+    dataset = write_synthetic_movielens(root / "dataset")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(settings.DATASET_ENV, str(dataset.folder))
+        patch.setenv(settings.WAREHOUSE_ENV, str(root / "reference"))
+        patch.setenv(settings.MODEL_ENV, str(tiny_model_dir))
+        assert run_pipeline(defs, SMALL_LLM_RUN).success
+    return dataset.folder, root / "reference", tiny_model_dir
+
+
+def environment(dataset: Path, warehouse: Path, model: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").touch()
+    with DagsterInstance.from_config(str(dagster_home)):
+        pass  # create the storage once, before concurrent runs race to create its tables
+    return {
+        **os.environ,
+        settings.DATASET_ENV: str(dataset),
+        settings.WAREHOUSE_ENV: str(warehouse),
+        settings.MODEL_ENV: str(model),
+        "DAGSTER_HOME": str(dagster_home),
+        **extra,
+    }
+
+
+def materialize(select: str, partition: str, run_config: dict, env: dict[str, str]) -> subprocess.Popen:
+    """``dagster asset materialize`` in its own process group (so a test can kill all of it)."""
+    command = [
+        str(DAGSTER), "asset", "materialize", "-m", "dagster_betag.definitions",
+        "--select", select, "--partition", partition, "--config-json", json.dumps(run_config),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, cwd=settings.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout: int = 400) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def build_warehouse(defs, dataset: Path, warehouse: Path, model: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(settings.DATASET_ENV, str(dataset))
+        patch.setenv(settings.WAREHOUSE_ENV, str(warehouse))
+        patch.setenv(settings.MODEL_ENV, str(model))
+        assert defs.resolve_job_def("warehouse_build").execute_in_process(instance=DagsterInstance.ephemeral()).success
+
+
+def published(warehouse: Path, table: str) -> pl.DataFrame:
+    shards = sorted((warehouse / "landing" / table).glob("**/shard-*.parquet"))
+    return pl.concat([pl.read_parquet(path) for path in shards], how="diagonal_relaxed")
+
+
+def tags_by_item(frame: pl.DataFrame) -> dict[str, list]:
+    return dict(zip(frame["item_id"].to_list(), frame["tags"].to_list(), strict=True))
+
+
+def overlapping(instance_dir: Path) -> bool:
+    """Whether the runs recorded in this DAGSTER_HOME ran at the same time."""
+    with DagsterInstance.from_config(str(instance_dir)) as instance:
+        records = instance.get_run_records()
+        starts = [r.start_time for r in records]
+        ends = [r.end_time for r in records]
+    assert len(records) == 2 and None not in starts and None not in ends
+    return max(starts) < min(ends)
+
+
+def test_two_item_shards_in_concurrent_runs_give_the_unpartitioned_tags(reference, defs, tmp_path):
+    dataset, reference_warehouse, model = reference
+    warehouse = tmp_path / "warehouse"
+    build_warehouse(defs, dataset, warehouse, model)
+    for step, select in enumerate(("llm/base_tags", "llm/betags")):
+        if select == "llm/betags":  # the adapter the reference trained on the same base tags
+            shutil.copy(reference_warehouse / "landing" / "current_adapter.json", warehouse / "landing")
+        home = tmp_path / f"dagster-home-{step}"
+        env = environment(dataset, warehouse, model, home, **{settings.ITEM_SHARDS_ENV: "2"})
+        op = select.replace("/", "__")
+        runs = [materialize(select, shard, {"ops": {op: TAG_OPS[op]}}, env) for shard in ("0", "1")]
+        for run in runs:
+            finish(run)
+        assert overlapping(home), f"the two shard runs of {select} did not overlap"
+
+    base, expected_base = published(warehouse, "base_tags"), published(reference_warehouse, "base_tags")
+    assert sorted(base["item_shard"].unique().to_list()) == ["0", "1"]
+    assert tags_by_item(base) == tags_by_item(expected_base)
+    betags = published(warehouse, "betags").filter(pl.col("variant") == "betag")
+    expected = published(reference_warehouse, "betags").filter(pl.col("variant") == "betag")
+    assert tags_by_item(betags) == tags_by_item(expected)
+
+
+def test_generation_killed_with_sigkill_resumes_without_duplicates_or_gaps(reference, defs, tmp_path):
+    dataset, _, model = reference
+    warehouse = tmp_path / "warehouse"
+    build_warehouse(defs, dataset, warehouse, model)
+    env = environment(dataset, warehouse, model, tmp_path / "dagster-home", **{settings.ITEM_SHARDS_ENV: "1"})
+    config = {"ops": {"llm__base_tags": {"config": {"max_new_tokens": 24, "shard_size": 1}}}}
+    scope = {row["item_id"] for row in tagging_scope(warehouse / "betag.duckdb", 200)}
+
+    run = materialize("llm/base_tags", "0", config, env)
+    folder = warehouse / "landing" / "base_tags"
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("**/pending-*.parquet")):
+        assert run.poll() is None and time.monotonic() < deadline, "no shard landed before the run ended"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the run and its step process, mid-generation
+    run.wait()
+    pending = list(folder.glob("**/pending-*.parquet"))
+    assert 1 <= len(pending) < len(scope)
+    assert not list(folder.glob("**/shard-*.parquet")), "nothing of the killed run is published"
+
+    output = finish(materialize("llm/base_tags", "0", config, env))
+    frame = published(warehouse, "base_tags")
+    assert frame["item_id"].n_unique() == frame.height  # no duplicate
+    assert set(frame["item_id"].to_list()) == scope  # no gap
+    assert f"{len(pending)} of {len(scope)} items already done" in output or frame.height == len(scope)
+
+
+def test_two_refreshes_at_once_both_finish_and_tag_each_new_item_once(reference, tmp_path):
+    dataset_source, reference_warehouse, model = reference
+    dataset, warehouse = tmp_path / "dataset", tmp_path / "warehouse"
+    shutil.copytree(dataset_source, dataset)
+    shutil.copytree(reference_warehouse, warehouse)
+    new_ids = add_movies(dataset, 5, first_id=7001)
+    env = environment(dataset, warehouse, model, tmp_path / "dagster-home")
+    run_config = tmp_path / "refresh.yaml"
+    run_config.write_text(json.dumps(REFRESH_RUN))  # JSON is YAML
+    command = [
+        str(DAGSTER), "job", "execute", "-m", "dagster_betag.definitions", "-j", "catalog_refresh",
+        "--config", str(run_config), "--tags", json.dumps(every_item_shard()),
+    ]  # fmt: skip
+    runs = [
+        subprocess.Popen(command, env=env, cwd=settings.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [finish(run, timeout=500) for run in runs]
+
+    assert any("waiting up to" in output for output in outputs), "the runs never met at a lock"
+    with duckdb.connect(str(warehouse / "betag.duckdb"), read_only=True) as connection:
+        generations = connection.execute(
+            "select item_id, count(*) from staging.stg_base_tag_generations "
+            f"where item_id in ({', '.join(repr(i) for i in new_ids)}) group by item_id"
+        ).fetchall()
+        n_current = connection.execute("select count(distinct item_id) from marts.item_tag_versions").fetchone()[0]
+    assert sorted(generations) == [(item_id, 1) for item_id in sorted(new_ids)]
+    assert n_current >= len(new_ids)
+
+
+def test_a_run_that_meets_a_held_lock_fails_in_one_line_and_changes_nothing(reference, defs, tmp_path, monkeypatch):
+    dataset, reference_warehouse, model = reference
+    warehouse = tmp_path / "warehouse"
+    shutil.copytree(reference_warehouse, warehouse)
+    before = (warehouse / "betag.duckdb").read_bytes()
+    monkeypatch.setenv(settings.DATASET_ENV, str(dataset))
+    monkeypatch.setenv(settings.WAREHOUSE_ENV, str(warehouse))
+    monkeypatch.setenv(settings.MODEL_ENV, str(model))
+    monkeypatch.setenv(settings.LOCK_TIMEOUT_ENV, "1")
+    from dagster_betag.defs.resources import build_resources
+
+    resources = build_resources()
+    job = defs.resolve_job_def("warehouse_build")
+    with exclusive(warehouse / "locks" / "duckdb.lock", "test", timeout_s=0):
+        result = job.execute_in_process(
+            instance=DagsterInstance.ephemeral(), raise_on_error=False, resources={"warehouse": resources["warehouse"]}
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = (failure.step_failure_data.error.cause or failure.step_failure_data.error).message.strip()
+    assert "locked by another run" in message and f"pid {os.getpid()}" in message and "\n" not in message
+    assert (warehouse / "betag.duckdb").read_bytes() == before
