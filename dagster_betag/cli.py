@@ -195,7 +195,7 @@ def _execute(job_name: str, run_config: dict, launched_by: str):
     from dagster import DagsterInstance
 
     from dagster_betag.definitions import defs
-    from dagster_betag.defs.jobs import every_item_shard
+    from dagster_betag.defs.partitions import every_item_shard
 
     job = defs.resolve_job_def(job_name)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()

@@ -20,7 +20,7 @@ import pytest
 from dagster import DagsterInstance
 
 from dagster_betag import settings
-from dagster_betag.defs.jobs import every_item_shard
+from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
 from tests.synthetic import write_synthetic_movielens

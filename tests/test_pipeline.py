@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from dagster_betag.defs.jobs import every_item_shard
+from dagster_betag.defs.partitions import every_item_shard
 from tests.synthetic import (
     reference_kcore,
     reference_sessions,

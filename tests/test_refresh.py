@@ -15,10 +15,8 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, RunRequest, SkipReason, build_schedule_context, build_sensor_context
 
-from dagster_betag.defs.jobs import every_item_shard
+from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
-from dagster_betag.defs.schedules import weekly_refinetune
-from dagster_betag.defs.sensors import new_input_files
 from tests.synthetic import write_synthetic_movielens
 from tests.test_pipeline import SMALL_LLM_RUN, run_pipeline
 
@@ -159,6 +157,8 @@ def tag_table_keys(defs):
 
 
 def test_weekly_refinetune_runs_only_when_enough_behavior_arrived(catalog, monkeypatch):
+    from dagster_betag.defs.schedules import weekly_refinetune  # imports the assets: after the manifest fixture
+
     _, warehouse = catalog
     resource = WarehouseResource(directory=str(warehouse))
     monkeypatch.setenv("BETAG_REFINETUNE_MIN_NEW_INTERACTIONS", "1")
@@ -173,7 +173,9 @@ def test_weekly_refinetune_runs_only_when_enough_behavior_arrived(catalog, monke
     assert request.tags["launched_by"] == "weekly_refinetune" and "llm__finetune_examples" in request.run_config["ops"]
 
 
-def test_sensor_launches_a_refresh_when_an_input_file_changes(tmp_path):
+def test_sensor_launches_a_refresh_when_an_input_file_changes(dbt_manifest, tmp_path):
+    from dagster_betag.defs.sensors import new_input_files  # imports the assets: after the manifest fixture
+
     dataset = write_synthetic_movielens(tmp_path / "dataset")
     resource = DatasetResource(path=str(dataset.folder))
     with build_sensor_context(resources={"dataset": resource}) as context:

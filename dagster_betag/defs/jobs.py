@@ -1,23 +1,14 @@
 """Jobs: the whole pipeline, the warehouse alone, and the two refreshes the schedules launch."""
 
 from dagster import AssetSelection, define_asset_job
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dagster_betag.defs.assets.sources import landing_tables
 from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples
 from dagster_betag.defs.assets.warehouse_models import tag_models, warehouse_models
 from dagster_betag.defs.checks import betag_ablation_order, betag_beats_base_and_native
-from dagster_betag.defs.partitions import item_shards
-
 
 # they judge the latest evaluation, which a refresh does not redo
 EVALUATION_CLAIMS = AssetSelection.checks(betag_beats_base_and_native, betag_ablation_order)
-
-
-def every_item_shard() -> dict[str, str]:
-    """Run tags that make one run cover every item shard (what ``betag run`` and the schedules launch)."""
-    keys = item_shards.get_partition_keys()
-    return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
 betag_pipeline = define_asset_job(

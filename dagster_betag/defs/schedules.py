@@ -11,7 +11,8 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from dagster_betag import settings
 from dagster_betag.defs.config import profile_run_config
-from dagster_betag.defs.jobs import behavior_refresh, catalog_refresh, every_item_shard
+from dagster_betag.defs.jobs import behavior_refresh, catalog_refresh
+from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.refresh import behavior_growth
 
