@@ -23,8 +23,7 @@ from dagster_betag import settings
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
-from tests.synthetic import write_synthetic_movielens
-from tests.test_pipeline import SMALL_LLM_RUN, run_pipeline
+from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
 from tests.test_refresh import REFRESH_RUN, add_movies
 
 DAGSTER = Path(sys.executable).parent / "dagster"
@@ -34,14 +33,8 @@ TAG_OPS = {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm_
 @pytest.fixture(scope="module")
 def reference(defs, tiny_model_dir, tmp_path_factory):
     """The unpartitioned run: every item shard in one in-process run of the whole pipeline."""
-    root = tmp_path_factory.mktemp("faults")
-    dataset = write_synthetic_movielens(root / "dataset")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(settings.DATASET_ENV, str(dataset.folder))
-        patch.setenv(settings.WAREHOUSE_ENV, str(root / "reference"))
-        patch.setenv(settings.MODEL_ENV, str(tiny_model_dir))
-        assert run_pipeline(defs, SMALL_LLM_RUN).success
-    return dataset.folder, root / "reference", tiny_model_dir
+    dataset, warehouse, _ = build_synthetic_warehouse(defs, tmp_path_factory.mktemp("faults"), tiny_model_dir)
+    return dataset.folder, warehouse, tiny_model_dir
 
 
 def environment(dataset: Path, warehouse: Path, model: Path, dagster_home: Path, **extra: str) -> dict[str, str]:

@@ -14,50 +14,21 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
+from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
 from tests.synthetic import (
     reference_kcore,
     reference_sessions,
     reference_split,
-    write_synthetic_movielens,
 )
 
-
-
-# the tiny model's tags are random text; a few short beams keep the run to seconds
-SMALL_LLM_RUN = {
-    "ops": {
-        "llm__base_tags": {"config": {"max_new_tokens": 16, "shard_size": 8}},
-        "llm__behavior_adapter": {"config": {"batch_size": 4, "max_length": 256}},
-        "llm__betags": {"config": {"num_groups": 2, "max_new_tokens": 8, "shard_size": 8}},
-        # the random model leaves many items without base tags: evaluate the whole k-core
-        "evaluation__eval_results": {
-            "config": {"seeds": [0], "recommender_max_epochs": 2, "restrict_to_llm_tagged": False}
-        },
-    }
-}
-
-
-def run_pipeline(defs, run_config=None):
-    job = defs.resolve_job_def("betag_pipeline")
-    return job.execute_in_process(
-        run_config=run_config, instance=DagsterInstance.ephemeral(), raise_on_error=False, tags=every_item_shard()
-    )
 
 
 @pytest.fixture(scope="module")
 def built(defs, tiny_model_dir, tmp_path_factory):
     """One successful run over the synthetic dataset with the tiny model; tests read its warehouse."""
     root = tmp_path_factory.mktemp("pipeline")
-    dataset = write_synthetic_movielens(root / "dataset")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BETAG_DATASET_DIR", str(dataset.folder))
-        patch.setenv("BETAG_WAREHOUSE_DIR", str(root / "warehouse"))
-        patch.setenv("BETAG_MODEL", str(tiny_model_dir))
-        # its own adapters: other modules train on the same synthetic data, and this module
-        # checks when an adapter is trained and when it is found
-        patch.setenv("BETAG_ADAPTERS_DIR", str(root / "adapters"))
-        result = run_pipeline(defs, SMALL_LLM_RUN)
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    # its own adapters: this module checks when an adapter is trained and when it is found
+    dataset, _, result = build_synthetic_warehouse(defs, root, tiny_model_dir, adapters_dir=root / "adapters")
     connection = duckdb.connect(str(root / "warehouse" / "betag.duckdb"), read_only=True)
     yield dataset, result, connection
     connection.close()

@@ -17,8 +17,8 @@ from dagster import DagsterInstance, RunRequest, SkipReason, build_schedule_cont
 
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
+from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
 from tests.synthetic import write_synthetic_movielens
-from tests.test_pipeline import SMALL_LLM_RUN, run_pipeline
 
 REFRESH_RUN = {"ops": {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm__betags")}}
 
@@ -60,14 +60,12 @@ def query(warehouse: Path, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def catalog(defs, tiny_model_dir, tmp_path_factory):
     """A warehouse built once by the whole pipeline (adapter included), then refreshed by the tests in order."""
-    root = tmp_path_factory.mktemp("refresh")
-    dataset = write_synthetic_movielens(root / "dataset")
-    with pytest.MonkeyPatch.context() as patch:
+    dataset, warehouse, _ = build_synthetic_warehouse(defs, tmp_path_factory.mktemp("refresh"), tiny_model_dir)
+    with pytest.MonkeyPatch.context() as patch:  # the refreshes read the same folders
         patch.setenv("BETAG_DATASET_DIR", str(dataset.folder))
-        patch.setenv("BETAG_WAREHOUSE_DIR", str(root / "warehouse"))
+        patch.setenv("BETAG_WAREHOUSE_DIR", str(warehouse))
         patch.setenv("BETAG_MODEL", str(tiny_model_dir))
-        assert run_pipeline(defs, SMALL_LLM_RUN).success
-        yield dataset.folder, root / "warehouse"
+        yield dataset.folder, warehouse
 
 
 def test_refresh_after_adding_20_items_tags_exactly_those_20(catalog, defs):
