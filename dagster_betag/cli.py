@@ -82,19 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Materialize every asset of the betag_pipeline job in-process, then print "
         "where the tables are, the headline counts and a sample of each mart.",
     )
-    run.add_argument("--dataset", help=f"dataset folder (default: ${settings.DATASET_ENV}, "
-                     "data/ml-latest-small, then ../shared/data/ml-latest-small)")
-    run.add_argument("--format", default="auto",
-                     choices=["auto", "movielens-latest", "movielens-1m", "movielens-100k", "generic"],
-                     help="dataset layout (default: detected from the files)")
-    run.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
-    run.add_argument(
-        "--profile",
-        default="quick",
-        choices=sorted(PROFILES),
-        help="quick (default): tag the 200 most popular k-core items, minutes on a laptop; "
-        "full: every k-core item, with the Table 3 ablations and 3 recommender seeds (hours on a 2-core CPU)",
-    )
+    _add_pipeline_flags(run)
     run.add_argument(
         "--ablations",
         action=argparse.BooleanOptionalAction,
@@ -102,8 +90,6 @@ def _build_parser() -> argparse.ArgumentParser:
         help="decode the Table 3 ablations (no finetuning, one beam, neither) for the evaluation "
         "(default: with --profile full only; each costs up to one more BETag pass)",
     )
-    run.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
-                     "then the embedded SmolLM2-135M-Instruct)")
     run.set_defaults(handler=_run)
 
     refresh = commands.add_parser(
@@ -113,10 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "current adapter) for new items and items whose title, attributes or description changed, and rebuild "
         "the tag tables. Earlier tags stay in marts.item_tag_versions. Needs a warehouse built by `betag run`.",
     )
-    for flag in ("--dataset", "--warehouse", "--model"):
-        refresh.add_argument(flag, help=f"as for `betag run {flag}`")
-    refresh.add_argument("--format", default="auto", help="as for `betag run --format`")
-    refresh.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="as for `betag run`")
+    _add_pipeline_flags(refresh)
     refresh.set_defaults(handler=_refresh)
 
     results = commands.add_parser(
@@ -174,6 +157,26 @@ def _build_parser() -> argparse.ArgumentParser:
                              "then the embedded model)")
     fetch_model.set_defaults(handler=_fetch_model)
     return parser
+
+
+def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
+    """What `betag run` and `betag refresh` run on: dataset, warehouse, model and profile."""
+    command.add_argument("--dataset", help=f"dataset folder (default: ${settings.DATASET_ENV}, "
+                         "data/ml-latest-small, then ../shared/data/ml-latest-small)")
+    command.add_argument("--format", default="auto",
+                         choices=["auto", "movielens-latest", "movielens-1m", "movielens-100k", "generic"],
+                         help="dataset layout (default: detected from the files)")
+    command.add_argument("--warehouse",
+                         help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    command.add_argument(
+        "--profile",
+        default="quick",
+        choices=sorted(PROFILES),
+        help="quick (default): tag the 200 most popular k-core items, minutes on a laptop; "
+        "full: every k-core item, with the Table 3 ablations and 3 recommender seeds (hours on a 2-core CPU)",
+    )
+    command.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
+                         "then the embedded SmolLM2-135M-Instruct)")
 
 
 def _point_environment(args: argparse.Namespace) -> Path:

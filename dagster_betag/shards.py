@@ -88,16 +88,22 @@ class ShardedTable:
             frame = frame.filter(pl.col(column) == value)
         return frame.collect()
 
+    def written_versions(self) -> dict[str, set[str | None]]:
+        """key -> the versions written for it by a run with this ``run_key`` ({None} when unversioned)."""
+        frame = self.read()
+        if frame is None:
+            return {}
+        keys = frame.get_column(self.key_column).to_list()
+        found = frame.get_column(self.version_column).to_list() if self.version_column else [None] * len(keys)
+        written: dict[str, set[str | None]] = {}
+        for key, version in zip(keys, found, strict=True):
+            written.setdefault(key, set()).add(version)
+        return written
+
     def done_keys(self, versions: Mapping[str, str] | None = None) -> set[str]:
         """Keys already written by a run with this ``run_key`` (with ``versions``: for the
         key's current version only)."""
-        frame = self.read()
-        if frame is None:
-            return set()
-        if versions is None or self.version_column is None:
-            return set(frame.get_column(self.key_column).to_list())
-        pairs = zip(frame.get_column(self.key_column).to_list(), frame.get_column(self.version_column).to_list())
-        return {key for key, version in pairs if versions.get(key) == version}
+        return _done(self.written_versions(), versions if self.version_column else None)
 
     def write(self, rows: pl.DataFrame) -> Path:
         """Add ``rows`` (without run-key columns) as one complete pending shard."""
@@ -149,9 +155,10 @@ def run_resumable(
     """Produce rows for every key not yet in ``table`` (at its version in ``versions``), one
     pending shard per ``shard_size`` keys, then publish the run's shards."""
     started = time.perf_counter()
-    done = table.done_keys(versions)
+    written = table.written_versions()
+    done = _done(written, versions)
     todo = [key for key in keys if key not in done]
-    changed = table.done_keys() & set(todo) if versions is not None else set()
+    changed = {key for key in todo if key in written}  # written before, for another input
     log(
         f"{what}: {len(keys) - len(todo)} of {len(keys)} items already done, {len(todo)} to go "
         f"({len(changed)} of them changed since they were generated)"
@@ -165,3 +172,9 @@ def run_resumable(
     n_published = table.publish()
     seconds = time.perf_counter() - started
     return RunCounts(len(keys), len(keys) - len(todo), len(todo), seconds, len(changed), n_published)
+
+
+def _done(written: Mapping[str, set[str | None]], versions: Mapping[str, str] | None) -> set[str]:
+    if versions is None:
+        return set(written)
+    return {key for key, found in written.items() if versions.get(key) in found}

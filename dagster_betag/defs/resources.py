@@ -94,11 +94,12 @@ class LLMResource(ConfigurableResource):
         assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
         return load_llm(LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device))
 
-    def base_tagger(self, cache_dir: Path) -> LoadedLLM | ApiTagger:
+    def base_tagger(self, cache_dir: Path, loaded: LoadedLLM | None = None) -> LoadedLLM | ApiTagger:
         """What writes base tags: the model behind ``api_base_url`` when set (its answers cached
-        under ``cache_dir``, so a rerun asks nothing twice), else the local model."""
+        under ``cache_dir``, so a rerun asks nothing twice), else the local model (``loaded``
+        when the caller already holds it)."""
         if self.api_base_url is None:
-            return self.load()
+            return loaded if loaded is not None else self.load()
         config = ApiConfig(
             base_url=self.api_base_url,
             model=self.api_model or "",

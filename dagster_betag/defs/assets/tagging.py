@@ -181,7 +181,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
 )
 def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm: LLMResource, warehouse: WarehouseResource):
     loaded = llm.load()
-    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
+    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse), loaded))
     examples_path = warehouse.layout.landing_dir / "finetune_examples.parquet"
     examples = pl.read_parquet(examples_path)
     windows = [
@@ -237,7 +237,7 @@ def generate_variant(
 
     Returns (metadata, item -> base tags, item -> aggregated tags)."""
     base = llm.load()
-    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse)), config.max_items)
+    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse), base), config.max_items)
     if variant.finetuned:
         pointer = current_adapter(warehouse.layout)
         if pointer is None:
