@@ -10,5 +10,5 @@ ALL_ABLATIONS = ["no_finetune", "one_beam", "neither"]
 
 PROFILES: dict[str, dict] = {
     "quick": {"max_items": QUICK_PROFILE_ITEMS, "max_examples": 96, "seeds": [0], "ablations": []},
-    "full": {"max_items": None, "max_examples": 300, "seeds": [0, 1, 2], "ablations": ALL_ABLATIONS},
+    "full": {"max_items": None, "max_examples": 400, "seeds": [0, 1, 2], "ablations": ALL_ABLATIONS},
 }

@@ -84,8 +84,10 @@ class ShardedTable:
         # shards of older releases may lack newer columns: align by name, nulls where missing
         frames = [pl.scan_parquet(path, hive_partitioning=False) for path in shards]
         frame = pl.concat(frames, how="diagonal_relaxed")
+        present = set(frame.collect_schema().names())
         for column, value in self.run_key.items():
-            frame = frame.filter(pl.col(column) == value)
+            # a run-key column no shard has yet (added in a later release): no row matches it
+            frame = frame.filter(pl.col(column) == value if column in present else pl.lit(False))
         return frame.collect()
 
     def written_versions(self) -> dict[str, set[str | None]]:

@@ -161,11 +161,36 @@ def tagging_scope(database_path: Path, max_items: int | None) -> list[dict]:
     return popular + [row for row in arrivals if row["item_id"] not in chosen]
 
 
+def natively_tagged_items(database_path: Path, n: int, min_tags: int) -> list[dict]:
+    """Catalog rows of the ``n`` items with the most distinct human (native) tags, at least
+    ``min_tags``, each with ``native_tags`` most used first (the catalog's own few-shot examples)."""
+    with connect_readonly(database_path) as connection:
+        columns, rows = fetch_rows(
+            connection,
+            "select d.item_id, d.title, d.description, d.attributes, "
+            "list(t.tag order by t.n_taggings desc, t.tag) as native_tags "
+            "from marts.dim_items d join marts.fct_item_native_tags t using (item_id) "
+            f"group by all having count(*) >= {int(min_tags)} "
+            f"order by count(*) desc, any_value(d.n_train_interactions) desc, d.item_id limit {int(n)}",
+        )
+    return [dict(zip(columns, row)) for row in rows]
+
+
 def behavior_sessions(database_path: Path) -> list[tuple[str, list[str]]]:
     """(session_id, item ids in order) of every train behavior session."""
     with connect_readonly(database_path) as connection:
         _, rows = fetch_rows(connection, "select session_id, item_ids from marts.fct_behavior_sessions order by session_id")
     return [(session_id, list(item_ids)) for session_id, item_ids in rows]
+
+
+def session_recency(database_path: Path) -> dict[str, float]:
+    """session id -> rank of its end among all train behavior sessions, 0 (oldest) to 1 (latest)."""
+    with connect_readonly(database_path) as connection:
+        _, rows = fetch_rows(
+            connection,
+            "select session_id, percent_rank() over (order by ended_at, session_id) from marts.fct_behavior_sessions",
+        )
+    return dict(rows)
 
 
 def run_user_query(database_path: Path, sql: str, max_rows: int) -> tuple[list[str], list[tuple], bool]:

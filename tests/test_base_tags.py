@@ -34,6 +34,7 @@ from dagster_betag.llm.prompts import (
     apply_chat,
     base_tag_messages,
     base_tag_prompt,
+    catalog_few_shot,
     describe_item,
 )
 from tests.test_llm_model import build_tiny_llama, build_tokenizer
@@ -396,3 +397,23 @@ def test_real_model_writes_meaningful_tags():
         titles = {item.title.lower(), item.title.lower().removeprefix("the ")}
         assert not titles & set(item_tags), (item.title, item_tags)
         assert not {"movie", "film", "what do you think"} & set(item_tags)
+
+
+def test_catalog_few_shot_shows_the_catalog_items_with_their_human_tags():
+    rows = [
+        {
+            "item_id": "296", "title": "Pulp Fiction", "description": None,
+            "attributes": {"year": ["1994"], "genre": ["Crime"]},
+            "native_tags": ["Quentin Tarantino", "Pulp Fiction", "nonlinear", "dark comedy", "cult film"],
+        },
+        {"item_id": "7", "title": "Untagged", "description": None, "attributes": {}, "native_tags": ["???"]},
+    ]
+    (example,) = catalog_few_shot(rows, num_tags=3)  # an item whose tags are all junk is no example
+    item, tags = example
+    assert item.title == "Pulp Fiction" and item.attributes["year"] == ["1994"]
+    assert tags == ["quentin tarantino", "nonlinear", "dark comedy"]  # cleaned, title echo dropped, capped
+    prompt = base_tag_messages(ItemDescription("1", "Heat"), (example,), num_tags=3)
+    assert "Pulp Fiction" in prompt[1]["content"]
+    assert prompt[2]["content"] == "1. quentin tarantino\n2. nonlinear\n3. dark comedy"
+    with pytest.raises(ValueError, match="few_shot"):
+        BaseTagConfig(few_shot="products")

@@ -1,5 +1,7 @@
 """BETag generation: aggregation of beams, and generation end to end on a tiny model."""
 
+from dataclasses import replace
+
 import torch
 
 from dagster_betag.llm.base_tags import end_of_turn_ids, token_table
@@ -11,6 +13,7 @@ from dagster_betag.llm.betag import (
     generate_betags,
     unfinished_entry_dropped,
 )
+from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
 
 
 def test_aggregation_ranks_by_beam_agreement_then_position():
@@ -95,3 +98,21 @@ def test_beam_rules_end_a_beam_after_its_tag_cap(tiny_llm):
     assert bool((capped[eos] == 0).all()) and int(torch.isfinite(capped).sum()) == len(eos)
     open_beam, _, _ = beam_rules_scores(tiny_llm, "love, family, war", BetagConfig(max_tags_per_beam=3))
     assert int(torch.isfinite(open_beam).sum()) == open_beam.numel()  # the third tag may still grow
+
+
+def test_constrained_beams_write_only_canonical_tags_and_free_ones_need_not(tiny_llm):
+    vocabulary_tags = {
+        "a": ["space opera", "rebellion", "heist", "dark comedy"],
+        "b": ["coming of age", "summer", "friendship", "time travel"],
+        "c": ["heists", "robot", "desert", "romance"],  # "heists" is a spelling of "heist"
+    }
+    tag_map = build_tag_map(vocabulary_tags, VocabularyConfig(merge_threshold=None, max_item_share=None))
+    vocabulary = set(tag_map.vocabulary())
+    assert "heists" not in vocabulary and "heist" in vocabulary
+    items = [("1", ["space opera", "rebellion"]), ("2", ["heist"])]
+    config = BetagConfig(num_groups=4, max_new_tokens=24, top_k=30, include_base_tags=False)
+    constrained = generate_betags(tiny_llm, items, config, tag_map=tag_map)
+    written = [tag for result in constrained for beam in result.beam_tags for tag in beam]
+    assert written and set(written) <= vocabulary
+    free = generate_betags(tiny_llm, items, replace(config, constrain_to_vocabulary=False), tag_map=tag_map)
+    assert {tag for result in free for beam in result.beam_tags for tag in beam} - vocabulary

@@ -12,6 +12,7 @@ from dagster_betag.llm.finetune import (
     build_windows,
     encode_example,
     sample_tags,
+    target_tags,
     train_lora,
 )
 from dagster_betag.llm.tags import format_tags
@@ -22,7 +23,7 @@ ALL_ITEMS = {f"i{i}" for i in range(30)}
 
 def test_windows_respect_bounds_skip_untagged_items_and_hold_out_whole_sessions():
     tagged = ALL_ITEMS - {"i3"}
-    config = WindowConfig(max_items=5, min_items=3, max_examples=None, validation_share=0.2, seed=1)
+    config = WindowConfig(max_items=5, min_items=3, max_examples=None, validation_share=0.2, seed=1, one_item_share=0)
     windows = build_windows(SESSIONS, tagged, config)
     assert windows and all(2 <= len(w.context_item_ids) <= 4 for w in windows)
     assert all("i3" not in (*w.context_item_ids, w.target_item_id) for w in windows)
@@ -43,6 +44,44 @@ def test_windows_are_sampled_reproducibly():
     first = build_windows(SESSIONS, ALL_ITEMS, config)
     assert len(first) == 25 and first == build_windows(SESSIONS, ALL_ITEMS, config)
     assert first != build_windows(SESSIONS, ALL_ITEMS, WindowConfig(max_examples=25, seed=4))
+
+
+def test_one_item_share_gives_that_share_of_one_item_windows_of_consecutive_items():
+    config = WindowConfig(max_items=5, min_items=3, max_examples=40, one_item_share=0.25, seed=2)
+    windows = build_windows(SESSIONS, ALL_ITEMS, config)
+    one_item = [w for w in windows if len(w.context_item_ids) == 1]
+    assert len(windows) == 40 and len(one_item) == 10
+    sessions = dict(SESSIONS)
+    for window in one_item:
+        session = sessions[window.session_id]
+        assert session[session.index(window.context_item_ids[0]) + 1] == window.target_item_id
+    longer_only = build_windows(SESSIONS, ALL_ITEMS, WindowConfig(max_examples=40, one_item_share=0))
+    assert not [w for w in longer_only if len(w.context_item_ids) == 1]
+
+
+def test_union_targets_take_the_next_items_and_rank_shared_tags_first():
+    config = WindowConfig(max_items=4, min_items=3, max_examples=None, target_items=3)
+    windows = build_windows(SESSIONS[:1], ALL_ITEMS, config)
+    session = SESSIONS[0][1]
+    for window in windows:
+        end = session.index(window.target_item_id)
+        assert window.target_item_ids() == tuple(session[end : end + 3])
+    last = max(windows, key=lambda window: session.index(window.target_item_id))
+    assert last.target_item_id == session[-1] and last.later_item_ids == ()  # nothing comes after it
+    assert target_tags([["a", "b", "c"], ["c", "d"], ["d", "c", "e"]], 4) == ["c", "d", "a", "b"]
+    assert target_tags([["a", "b"]], 8) == ["a", "b"]
+
+
+def test_recency_weight_draws_recent_sessions_more_often():
+    recency = {session_id: index / (len(SESSIONS) - 1) for index, (session_id, _) in enumerate(SESSIONS)}
+    late = {session_id for session_id, rank in recency.items() if rank >= 0.5}
+
+    def late_share(strength: float) -> float:
+        config = WindowConfig(max_items=4, min_items=3, max_examples=60, recency_weight=strength)
+        windows = build_windows(SESSIONS, ALL_ITEMS, config, recency)
+        return sum(w.session_id in late for w in windows) / len(windows)
+
+    assert late_share(4.0) > late_share(0.0) + 0.2
 
 
 def test_tag_subsets_keep_80_to_100_percent_in_order():

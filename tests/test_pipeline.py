@@ -14,6 +14,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
+from dagster_betag.evaluation.data import TAG_SOURCES
+from dagster_betag.warehouse import natively_tagged_items
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
 from tests.synthetic import (
     reference_kcore,
@@ -58,12 +60,33 @@ def test_run_materializes_every_model_with_row_counts_and_previews(built, defs):
     assert AssetKey(["landing", "native_tags"]) in landing
     checks = result.get_asset_check_evaluations()
     # the BETag claims only WARN (random tiny-model tags may lose); every data test must pass
-    claims = {"betag_beats_base_and_native", "betag_ablation_order"}
+    claims = {"betag_beats_base_and_native", "betag_beats_propagated_on_cold", "betag_ablation_order"}
     assert checks and all(check.passed for check in checks if check.check_name not in claims)
     assert {check.check_name for check in checks} >= claims | {"llm_tag_documents_not_empty"}
     for check in checks:
         if check.check_name in claims:
             assert check.severity.value == "WARN" and "| bm25 | user |" in check.metadata["comparison"].value
+
+
+def test_base_tags_go_through_the_tag_vocabulary(built):
+    _, result, connection = built
+    metadata = result.asset_materializations_for_node("llm__tag_vocabulary")[0].metadata
+    assert metadata["n_distinct_after"].value <= metadata["n_distinct_before"].value
+    joined = "from marts.item_base_tags b join staging.stg_tag_vocabulary v on b.raw_tag = v.raw_tag"
+    # every base tag went through the vocabulary: it is its raw tag's canonical form, never junk
+    n_tags = query(connection, "select count(*) from marts.item_base_tags")[0][0]
+    assert n_tags > 0 and query(connection, f"select count(*) {joined}")[0][0] == n_tags
+    changed = query(connection, f"select count(*) {joined} where b.tag is distinct from v.canonical_tag or v.is_dropped")
+    assert changed == [(0,)]
+
+
+def test_catalog_few_shot_examples_are_the_items_with_most_native_tags(built):
+    _, _, connection = built
+    (path,) = query(connection, "select path from duckdb_databases() where database_name = current_database()")[0]
+    rows = natively_tagged_items(Path(path), n=2, min_tags=1)
+    counts = dict(query(connection, "select item_id, count(*) from marts.fct_item_native_tags group by 1"))
+    assert len(rows) == 2 and [counts[r["item_id"]] for r in rows] == sorted(counts.values(), reverse=True)[:2]
+    assert all(len(r["native_tags"]) == counts[r["item_id"]] and r["title"] for r in rows)
 
 
 def test_quarantine_keeps_every_defective_row_with_its_reason(built):
@@ -145,7 +168,7 @@ def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
     beams = query(connection, "select item_id, count(*), bool_or(is_base_tags) from marts.item_betag_beams group by 1")
     assert len(beams) == n_kcore and all(n == 1 + 2 and has_base for _, n, has_base in beams)
     documents = query(connection, "select tag_source, count(*) from marts.item_tag_documents group by 1")
-    sources = ["native", "base", "betag", "betag_no_finetune", "betag_one_beam", "betag_neither", "propagated"]
+    sources = list(TAG_SOURCES)
     assert dict(documents) == dict.fromkeys(sources, n_kcore)
     # an item with base tags has tags from every LLM source (base tags are beam 0 of each generation)
     empty = query(
@@ -176,7 +199,7 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
         "from marts.eval_results where bucket = 'all' and not contains(tag_source, ':') group by all",
     )
     found = {(source, method, setting, protocol) for source, method, setting, protocol, *_ in cells}
-    sources = ["native", "base", "betag", "betag_no_finetune", "betag_one_beam", "betag_neither", "propagated"]
+    sources = list(TAG_SOURCES)
     expected = {
         (source, method, setting, protocol)
         for source in sources
@@ -206,8 +229,17 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
             assert n_candidates == n_items
         else:
             assert n_candidates <= min(100, n_items)
-    curve = query(connection, "select distinct tag_source from marts.eval_results where contains(tag_source, ':')")
-    assert {source for (source,) in curve} == {"betag:1_beams", "betag:2_beams"}
+    curve = query(
+        connection,
+        "select tag_source, list(distinct split order by split), list(distinct protocol) from marts.eval_results "
+        "where contains(tag_source, ':') group by 1",
+    )
+    # the beam-count curve and the aggregation levers, on both splits, full ranking only
+    levers = {"betag:1_beams", "betag:2_beams", "betag:top10", "betag:top15", "betag:top30", "betag:weighted"}
+    levers |= {"betag:specific"}
+    assert {source: (splits, protocols) for source, splits, protocols in curve} == dict.fromkeys(
+        levers, (["test", "validation"], ["full"])
+    )
     metadata = result.asset_materializations_for_node("evaluation__eval_results")[0].metadata
     assert "Table 1: tag-based retrieval" in metadata["tables"].value
     assert "Table 3: ablations" in metadata["tables"].value

@@ -53,6 +53,15 @@ def test_another_run_key_does_not_count_as_done(tmp_path):
     assert ShardedTable(folder, {"prompt_version": "p1"}).done_keys() == {"a", "b"}
 
 
+def test_a_run_key_column_older_shards_lack_matches_none_of_their_rows(tmp_path):
+    folder = tmp_path / "shards"
+    ShardedTable(folder, {"prompt_version": "p1"}).write(rows_for(["a", "b"]))
+    keyed = ShardedTable(folder, {"prompt_version": "p1", "vocabulary_id": "v1"})
+    assert keyed.read().height == 0 and keyed.done_keys() == set()
+    keyed.write(rows_for(["a"]))
+    assert keyed.done_keys() == {"a"}
+
+
 def test_pending_shards_are_published_only_at_the_end_of_a_run(tmp_path):
     table = ShardedTable(tmp_path / "shards", {"model": "m1"}, item_shard="2")
     other_run = ShardedTable(tmp_path / "shards", {"model": "m2"}, item_shard="2")

@@ -11,7 +11,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValu
 
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.evaluation.data import LLM_TAG_SOURCES, EvaluationInputError, load_results
-from dagster_betag.evaluation.report import ablation_order, betag_comparison
+from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
 BETAGS = AssetKey(["llm", "betags"])
@@ -46,6 +46,13 @@ betag_beats_base_and_native = claim_check(
     "BETag N@10 >= base tags and native tags for BM25 and BiRank, user- and item-based (test, full ranking).",
     betag_comparison,
     "BETag at least as good as base and native tags everywhere",
+)
+betag_beats_propagated_on_cold = claim_check(
+    "betag_beats_propagated_on_cold",
+    "On users whose target is a cold item (least popular half), BETag N@10 >= the count-based propagated "
+    "tags for BM25 and BiRank, user- and item-based (test, full ranking).",
+    cold_start_comparison,
+    "BETag at least as good as count-based propagation on cold items",
 )
 betag_ablation_order = claim_check(
     "betag_ablation_order",

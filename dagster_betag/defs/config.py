@@ -17,6 +17,7 @@ from dagster_betag.evaluation.runner import EvaluationConfig
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import ABLATIONS, BetagConfig
 from dagster_betag.llm.finetune import LoraConfig, WindowConfig
+from dagster_betag.llm.vocabulary import VocabularyConfig
 from dagster_betag.profiles import ALL_ABLATIONS, PROFILES, QUICK_PROFILE_ITEMS
 
 
@@ -45,6 +46,7 @@ SCOPE_FIELDS: dict[str, Any] = {
 }
 
 BaseTagsConfig = create_model("BaseTagsConfig", __base__=Config, **SCOPE_FIELDS, **_config_fields(BaseTagConfig))
+TagVocabularyConfig = create_model("TagVocabularyConfig", __base__=Config, **_config_fields(VocabularyConfig))
 FinetuneExamplesConfig = create_model("FinetuneExamplesConfig", __base__=Config, **_config_fields(WindowConfig))
 AdapterConfig = create_model("AdapterConfig", __base__=Config, **_config_fields(LoraConfig))
 BetagsConfig = create_model(

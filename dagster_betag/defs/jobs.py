@@ -3,12 +3,18 @@
 from dagster import AssetSelection, define_asset_job
 
 from dagster_betag.defs.assets.sources import landing_tables
-from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples
+from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples, tag_vocabulary
 from dagster_betag.defs.assets.warehouse_models import tag_models, warehouse_models
-from dagster_betag.defs.checks import betag_ablation_order, betag_beats_base_and_native
+from dagster_betag.defs.checks import (
+    betag_ablation_order,
+    betag_beats_base_and_native,
+    betag_beats_propagated_on_cold,
+)
 
 # they judge the latest evaluation, which a refresh does not redo
-EVALUATION_CLAIMS = AssetSelection.checks(betag_beats_base_and_native, betag_ablation_order)
+EVALUATION_CLAIMS = AssetSelection.checks(
+    betag_beats_base_and_native, betag_beats_propagated_on_cold, betag_ablation_order
+)
 
 
 betag_pipeline = define_asset_job(
@@ -25,11 +31,12 @@ warehouse_build = define_asset_job(
 
 catalog_refresh = define_asset_job(
     name="catalog_refresh",
-    selection=AssetSelection.assets(landing_tables, warehouse_models, base_tags, betags, tag_models)
+    selection=AssetSelection.assets(landing_tables, warehouse_models, base_tags, tag_vocabulary, betags, tag_models)
     - EVALUATION_CLAIMS,
     description=(
         "Land the inputs again, rebuild the warehouse, tag the items that are new or whose description "
-        "changed (base tags, then BETags with the current adapter) and rebuild the tag tables."
+        "changed (base tags, the tag vocabulary extended with their tags, then BETags with the current adapter) "
+        "and rebuild the tag tables."
     ),
 )
 

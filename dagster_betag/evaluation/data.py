@@ -21,7 +21,9 @@ class EvaluationInputError(ValueError):
     """The warehouse lacks what an evaluation needs (a one-line message for the user)."""
 
 # the tag sources of marts.item_tag_documents, in the order results are shown
-TAG_SOURCES = ("native", "base", "betag", "betag_no_finetune", "betag_one_beam", "betag_neither", "propagated")
+TAG_SOURCES = (
+    "native", "base", "base_raw", "betag", "betag_no_finetune", "betag_one_beam", "betag_neither", "propagated"
+)  # fmt: skip
 LLM_TAG_SOURCES = TAG_SOURCES[1:]
 
 

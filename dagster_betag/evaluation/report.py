@@ -113,10 +113,13 @@ def _table(title: str, frame: pl.DataFrame, methods: Sequence[str], sources: Seq
     return "\n".join(lines) + "\n"
 
 
-def betag_comparison(frame: pl.DataFrame, rivals: Sequence[str] = ("base", "native")) -> tuple[bool, str]:
+def betag_comparison(
+    frame: pl.DataFrame, rivals: Sequence[str] = ("base", "native"), bucket: str = ALL_USERS
+) -> tuple[bool, str]:
     """Is BETag at least as good as each rival on N@10 for every retrieval method and
-    setting (test split, full ranking, all users)? (verdict, markdown table)."""
-    chosen = select(frame)
+    setting (test split, full ranking, the users whose target is in ``bucket``)? (verdict,
+    markdown table)."""
+    chosen = select(frame, bucket=bucket)
     lines = ["| method | setting | betag | " + " | ".join(rivals) + " | betag ahead |", "|---" * (4 + len(rivals)) + "|"]
     verdict = True
     for method in RETRIEVAL_METHODS:
@@ -128,6 +131,12 @@ def betag_comparison(frame: pl.DataFrame, rivals: Sequence[str] = ("base", "nati
             cells = " | ".join(_cell(o) for o in others)
             lines.append(f"| {method} | {setting} | {_cell(betag)} | {cells} | {'yes' if ahead else 'no'} |")
     return verdict, "\n".join(lines)
+
+
+def cold_start_comparison(frame: pl.DataFrame) -> tuple[bool, str]:
+    """BETag against the count-based reference where behavior is scarce: users whose target is
+    among the least popular items (the ``cold`` bucket), test split, full ranking."""
+    return betag_comparison(frame, rivals=("propagated",), bucket="cold")
 
 
 def ablation_order(frame: pl.DataFrame) -> tuple[bool, str]:

@@ -51,8 +51,8 @@ class EvaluationConfig:
     ``head_share`` / ``cold_share``: the most / least popular shares of the catalog by train
     interactions that define the target-popularity buckets (the rest is mid); the bucket rows
     show where tags help items with little behavior. ``restrict_to_llm_tagged``: evaluate over
-    the items that have base tags (a quick run tags only the most popular ones), so every tag
-    source is compared on the same catalog and users."""
+    the items that were base-tagged and, when there are BETags, have them (a quick run tags only
+    the most popular ones), so every tag source is compared on the same catalog and users."""
 
     splits: tuple[str, ...] = ("validation", "test")
     settings: tuple[str, ...] = SETTINGS
@@ -61,6 +61,15 @@ class EvaluationConfig:
     head_share: float = 0.1
     cold_share: float = 0.5
     beam_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 40)  # Fig. 2a: those up to the decoded number
+    # BETags re-aggregated from every beam keeping the top k tags ("betag:top<k>"), and with each
+    # tag weighted by the beams that wrote it ("betag:weighted": weighted term frequencies in
+    # BM25, edge weights in BiRank); full ranking, every split
+    top_ks: tuple[int, ...] = (10, 15, 30)
+    weighted_betags: bool = True
+    # "betag:specific": generated tags that the beams of more than this share of the items
+    # write are dropped before aggregation (a finetuned small model writes its favourite tags
+    # for every item; they match every document and crowd the top-K); None: not measured
+    generic_tag_share: float | None = 0.1
     recommenders: tuple[str, ...] = ("sasrec", "unisrec", "als")
     unisrec_sources: tuple[str, ...] = ("native", "base", "betag", "propagated")
     seeds: tuple[int, ...] = (0, 1, 2)  # recommender training seeds (test split only)
@@ -161,15 +170,49 @@ def evaluate_retrieval(
     return rows
 
 
-def beam_prefix_documents(beams_by_item: Mapping[str, ItemBeams], n_generated: int, top_k: int) -> dict:
+def beam_prefix_documents(
+    beams_by_item: Mapping[str, ItemBeams], n_generated: int, top_k: int, *, weighted: bool = False
+) -> dict:
     """BETag documents from only the first ``n_generated`` generated beams of each item (plus
     the base-tag beam when the generation kept it): the poster's Fig. 2a without decoding
     again. Group g of the diverse search depends only on groups before it, so with one beam
-    per group the first k beams are exactly what a k-group run decodes."""
+    per group the first k beams are exactly what a k-group run decodes. ``weighted``: each tag
+    as a (tag, beams that wrote it) pair, the weight retrieval multiplies its terms by."""
     return {
-        item_id: [weighted.tag for weighted in aggregate_beams([*beams.base, *beams.generated[:n_generated]], top_k)]
+        item_id: [
+            (tag.tag, float(tag.n_beams)) if weighted else tag.tag
+            for tag in aggregate_beams([*beams.base, *beams.generated[:n_generated]], top_k)
+        ]
         for item_id, beams in beams_by_item.items()
     }
+
+
+def betag_variant_documents(
+    beams_by_item: Mapping[str, ItemBeams], top_k: int, config: EvaluationConfig
+) -> dict[str, dict]:
+    """Tag source name -> documents of each aggregation lever (top-K, tag weights) over all
+    the decoded beams; ``top_k`` is the generation's own (what the plain "betag" source holds)."""
+    decoded = max((len(b.generated) for b in beams_by_item.values()), default=0)
+    variants = {f"betag:top{k}": beam_prefix_documents(beams_by_item, decoded, k) for k in config.top_ks}
+    if config.weighted_betags:
+        variants["betag:weighted"] = beam_prefix_documents(beams_by_item, decoded, top_k, weighted=True)
+    if config.generic_tag_share is not None:
+        generic = generic_tags(beams_by_item, config.generic_tag_share)
+        specific = {
+            item_id: ItemBeams(beams.base, tuple(tuple(t for t in b if t not in generic) for b in beams.generated))
+            for item_id, beams in beams_by_item.items()
+        }
+        variants["betag:specific"] = beam_prefix_documents(specific, decoded, top_k)
+    return variants
+
+
+def generic_tags(beams_by_item: Mapping[str, ItemBeams], max_share: float) -> set[str]:
+    """Tags the generated beams of more than ``max_share`` of the items write."""
+    counts: dict[str, int] = {}
+    for beams in beams_by_item.values():
+        for tag in {tag for beam in beams.generated for tag in beam}:
+            counts[tag] = counts.get(tag, 0) + 1
+    return {tag for tag, n in counts.items() if n > max_share * len(beams_by_item)}
 
 
 def protocol_record(config: EvaluationConfig, data: EvalData) -> dict:
@@ -191,8 +234,8 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
     data = load_eval_data(database_path)
     sources = load_tag_sources(database_path)
     documents = {source: load_tag_documents(database_path, source) for source in sources}
-    if config.restrict_to_llm_tagged and "base" in documents:
-        data = data.restrict_to([item_id for item_id, tags in documents["base"].items() if tags])
+    if config.restrict_to_llm_tagged:
+        data = data.restrict_to(llm_tagged_items(data, documents))
     if not data.users:
         raise EvaluationInputError("no user has train, validation and test items in the evaluation catalog")
     log(f"evaluating {len(sources)} tag sources on {data.n_items} items and {len(data.users)} users")
@@ -203,13 +246,28 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
         decoded = max((len(b.generated) for b in beams.values()), default=0)
         top_k = max(len(tags) for tags in documents["betag"].values())
         beam_counts = [k for k in config.beam_counts if k < decoded] + [decoded]
-        curve = replace(config, splits=("test",), protocols=("full",))
+        curve = replace(config, protocols=("full",))
         for k in beam_counts:
             prefix = {f"betag:{k}_beams": beam_prefix_documents(beams, k, top_k)}
             rows += [row for row in evaluate_retrieval(data, prefix, curve, log) if row.method != "popular"]
+        levers = replace(config, protocols=("full",))
+        variants = betag_variant_documents(beams, top_k, config)
+        rows += [row for row in evaluate_retrieval(data, variants, levers, log) if row.method != "popular"]
     if config.recommenders:
         rows += evaluate_recommenders(data, documents, config, log)
     return Evaluation(rows, data, sources, beam_counts)
+
+
+def llm_tagged_items(data: EvalData, documents: Mapping[str, Mapping[str, Sequence]]) -> list[str]:
+    """The catalog items with a base-tag generation (even if the tag vocabulary dropped all its
+    tags) and, where the warehouse has BETags, with BETags."""
+    required = [source for source in ("betag",) if source in documents]
+    generated = [source for source in ("base_raw", "base") if source in documents][:1]
+    return [
+        item_id
+        for item_id in data.item_ids
+        if all(documents[source].get(item_id) for source in generated + required)
+    ]
 
 
 def evaluate_recommenders(

@@ -47,6 +47,9 @@ from dagster_betag.llm.tags import clean_text, echo_forms, normalize_tag, parse_
 FewShot = Sequence[tuple[ItemDescription, list[str]]]
 
 
+FEW_SHOT_SOURCES = ("default", "catalog")
+
+
 @dataclass(frozen=True)
 class BaseTagConfig:
     """Knobs of base-tag generation.
@@ -83,6 +86,10 @@ class BaseTagConfig:
       its rows' lengths rather than its longest row times its size; None runs each batch in
       one generate() call, where stopped rows are padded until the last one stops.
     - ``item_noun``: what the catalog's items are called in the prompt ("movie", "product").
+    - ``few_shot``: the examples the prompt shows: ``"default"``, the hand-written movie
+      examples (``prompts.DEFAULT_FEW_SHOT``); ``"catalog"``, this catalog's own items with the
+      most human (native) tags, shown with those tags (``prompts.catalog_few_shot``), so a
+      product catalog is shown products and its own tag style.
     """
 
     num_tags: int = 8
@@ -98,10 +105,13 @@ class BaseTagConfig:
     share_prompt_prefix: bool = True
     drop_finished_every: int | None = 6
     item_noun: str = "movie"
+    few_shot: str = "default"
 
     def __post_init__(self) -> None:
         if self.num_tags < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("num_tags, max_new_tokens and batch_size must be positive")
+        if self.few_shot not in FEW_SHOT_SOURCES:
+            raise ValueError(f"few_shot must be one of {', '.join(FEW_SHOT_SOURCES)}, not {self.few_shot!r}")
 
 
 def catalog_attribute_values(items: Iterable[ItemDescription], names: Iterable[str] = ("genre",)) -> dict[str, set[str]]:

@@ -13,9 +13,11 @@ import torch
 
 from dagster_betag.llm.base_tags import TokenTable, end_of_turn_ids, token_table
 from dagster_betag.llm.behavior import prompt_text
+from dagster_betag.llm.constrained import chain_processors, vocabulary_constraint
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
 from dagster_betag.llm.prefix import prefix_cache, prefixed_batch, split_shared_prefix
 from dagster_betag.llm.tags import clean_text, parse_tags, split_open_entry
+from dagster_betag.llm.vocabulary import TagMap
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class BetagConfig:
     # run the behavior instruction that starts every prompt once per call, not once per item
     # (same beams; prefill of that text otherwise costs about as much as the decoding)
     share_prompt_prefix: bool = True
+    # beams may only write tags of the canonical vocabulary (a prefix trie over its tokenized
+    # tags, applied inside the beam search), so every BETag can match another item's document
+    constrain_to_vocabulary: bool = True
+    # ... to the canonical tags of at least this many items: a tag of one item can only ever
+    # match that item, and the 135M model's one-off tags are mostly junk ("adventure-1")
+    vocabulary_min_items: int = 1
 
     @property
     def items_per_batch(self) -> int:
@@ -161,13 +169,16 @@ def generate_betags(
     items: Sequence[tuple[str, Sequence[str]]],
     config: BetagConfig,
     *,
+    tag_map: TagMap | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ItemBetags]:
     """BETags for ``(item_id, base_tags)`` pairs, in input order.
 
     Each item is prompted exactly as in finetuning, as a one-item sequence of its own
     base tags; the instruction every prompt starts with is run once per call (its cache is
-    shared), and items are batched by length to keep padding small.
+    shared), and items are batched by length to keep padding small. With ``tag_map``, every
+    beam's tags are mapped to canonical tags (junk dropped) before aggregation, and with
+    ``config.constrain_to_vocabulary`` the beams can only write its canonical tags.
     """
     tokenizer = llm.tokenizer
     eos_ids = end_of_turn_ids(llm)
@@ -176,6 +187,9 @@ def generate_betags(
     prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
     shared_cache = prefix_cache(llm.model, prefix_ids)
     order = sorted(range(len(items)), key=lambda index: len(suffixes[index]))
+    constrained = tag_map is not None and config.constrain_to_vocabulary
+    vocabulary = tag_map.vocabulary(config.vocabulary_min_items) if constrained else None
+    canonical = tag_map.apply if tag_map is not None else list
     results: dict[int, ItemBetags] = {}
     for first in range(0, len(order), config.items_per_batch):
         batch = order[first : first + config.items_per_batch]
@@ -189,7 +203,12 @@ def generate_betags(
             config.decoding(),
             eos_token_id=eos_ids,
             pad_token_id=tokenizer.pad_token_id,
-            logits_processor=BeamTagRules(table, eos_ids, input_ids.shape[1], config),
+            # the tag cap first: the constraint then keeps the EOS it leaves (the other way round
+            # the cap would copy an EOS the constraint had already banned after a separator)
+            logits_processor=chain_processors(
+                BeamTagRules(table, eos_ids, input_ids.shape[1], config),
+                vocabulary_constraint(tokenizer, vocabulary, eos_ids, input_ids.shape[1]) if vocabulary else None,
+            ),
             prefix_cache=shared_cache,
         )
         ended = torch.isin(output.sequences, torch.tensor(eos_ids, device=output.sequences.device))
@@ -198,7 +217,7 @@ def generate_betags(
             item_id, base_tags = items[index]
             texts = tokenizer.batch_decode(output.sequences[row], skip_special_tokens=True)  # (G*B,) strings
             beams = [
-                parse_tags(unfinished_entry_dropped(text, bool(done)))
+                canonical(parse_tags(unfinished_entry_dropped(text, bool(done))))
                 for text, done in zip(texts, finished[row], strict=True)
             ]
             if config.include_base_tags:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import polars as pl
 
-from dagster_betag.llm.base_tags import BaseTagConfig, catalog_attribute_values, generate_base_tags
+from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values, generate_base_tags
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.betag import BetagConfig, generate_betags
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, config_fingerprint, train_lora
-from dagster_betag.llm.prompts import ItemDescription, describe_item
+from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
+from dagster_betag.llm.vocabulary import TagMap
 from dagster_betag.plots import loss_curve_png
 from dagster_betag.progress import Progress
 from dagster_betag.shards import RunCounts, ShardedTable, run_resumable, stable_hash
@@ -43,6 +44,7 @@ def base_tag_run(
     shard_size: int,
     log: Log,
     only: Collection[str] | None = None,
+    few_shot: FewShot = DEFAULT_FEW_SHOT,
 ) -> RunCounts:
     """Base tags of ``items`` (of those in ``only`` when given) not yet in ``table`` for their
     current description, then published. ``llm`` is a LoadedLLM, or a tagger with its own
@@ -57,7 +59,7 @@ def base_tag_run(
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         items_in_shard = [by_id[i] for i in item_ids]
-        tags = generate(items_in_shard, config, on_batch=advance, catalog_values=catalog_values)
+        tags = generate(items_in_shard, config, few_shot=few_shot, on_batch=advance, catalog_values=catalog_values)
         return pl.DataFrame(
             {
                 "item_id": item_ids,
@@ -80,13 +82,14 @@ def betag_run(
     *,
     shard_size: int,
     log: Log,
+    tag_map: TagMap | None = None,
 ) -> RunCounts:
     """BETags of the items in ``base_tags`` not yet in ``table`` for their current base tags
-    (the prompt's input), then published."""
+    (the prompt's input), then published; ``tag_map`` canonicalizes (and may constrain) the beams."""
     versions = {item_id: stable_hash(list(tags)) for item_id, tags in base_tags.items()}
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
-        results = generate_betags(llm, [(i, base_tags[i]) for i in item_ids], config, on_batch=advance)
+        results = generate_betags(llm, [(i, base_tags[i]) for i in item_ids], config, tag_map=tag_map, on_batch=advance)
         return pl.DataFrame(
             {
                 "item_id": [r.item_id for r in results],

@@ -172,6 +172,28 @@ def apply_chat(tokenizer, messages: list[dict[str, str]], *, add_generation_prom
     return text + ("assistant: " if add_generation_prompt else "")
 
 
+def catalog_few_shot(
+    rows: Sequence[Mapping[str, Any]], num_tags: int
+) -> tuple[tuple[ItemDescription, list[str]], ...]:
+    """Few-shot examples from the catalog itself: each row (a ``dim_items`` row with its
+    ``native_tags``, as ``warehouse.natively_tagged_items`` gives) becomes an example answered
+    with its first ``num_tags`` human tags that parse as tags (title echoes dropped)."""
+    from dagster_betag.llm.tags import parse_tags
+
+    examples = []
+    for row in rows:
+        item = ItemDescription.from_row(row)
+        tags = parse_tags("\n".join(row["native_tags"]), echoes=[item.title], max_tags=num_tags)
+        if tags:
+            examples.append((item, tags))
+    return tuple(examples)
+
+
+def instruction_texts(item_noun: str = "movie") -> list[str]:
+    """The instruction text of the base-tag prompt, without any item (what an echo repeats)."""
+    return [_system_text(item_noun), f"Write different tags for this {item_noun}, as a numbered list."]
+
+
 def _system_text(item_noun: str) -> str:
     return (
         f"You tag {item_noun}s for a recommender system. A tag is a short lowercase phrase of one to three "

@@ -18,6 +18,7 @@ from dagster_betag.defs.config import (
     BaseTagsConfig,
     BetagsConfig,
     FinetuneExamplesConfig,
+    TagVocabularyConfig,
     to_dataclass,
 )
 from dagster_betag.defs.partitions import item_shards
@@ -29,11 +30,26 @@ from dagster_betag.llm.betag import ABLATIONS, FULL_BETAG, BetagConfig, BetagVar
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
-from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, ItemDescription
+from dagster_betag.llm.prompts import (
+    BASE_TAG_PROMPT_VERSION,
+    DEFAULT_FEW_SHOT,
+    ItemDescription,
+    catalog_few_shot,
+    instruction_texts,
+)
+from dagster_betag.llm.behavior import INSTRUCTION
+from dagster_betag.llm.vocabulary import TagMap, VocabularyConfig, build_tag_map
 from dagster_betag.plots import markdown_image, tag_frequency_png
 from dagster_betag.refresh import CURRENT_ADAPTER_FILE, current_adapter, train_interaction_count
 from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
-from dagster_betag.warehouse import behavior_sessions, markdown_table, popular_kcore_items, tagging_scope
+from dagster_betag.warehouse import (
+    behavior_sessions,
+    markdown_table,
+    natively_tagged_items,
+    popular_kcore_items,
+    session_recency,
+    tagging_scope,
+)
 
 
 
@@ -53,6 +69,22 @@ def current_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]
         return {}
     latest = frame.sort("generated_at").unique("item_id", keep="last")
     return dict(zip(latest["item_id"].to_list(), latest["tags"].to_list()))
+
+
+def tag_map_path(warehouse: WarehouseResource) -> Path:
+    return warehouse.layout.landing_dir / "tag_vocabulary" / "tag_vocabulary.parquet"
+
+
+def load_tag_map(warehouse: WarehouseResource, item_noun: str = "movie") -> tuple[TagMap, str | None]:
+    """The stored tag vocabulary and its config id (an empty map, which changes nothing, before
+    llm/tag_vocabulary first ran)."""
+    return TagMap.read(tag_map_path(warehouse), [INSTRUCTION, *instruction_texts(item_noun)])
+
+
+def canonical_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
+    """``current_base_tags`` through the tag vocabulary: canonical tags, junk dropped."""
+    tag_map, _ = load_tag_map(warehouse)
+    return {item_id: tag_map.apply(tags) for item_id, tags in current_base_tags(warehouse, llm).items()}
 
 
 def api_cache_dir(warehouse: WarehouseResource) -> Path:
@@ -105,6 +137,11 @@ def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMRe
     items = [ItemDescription.from_row(row) for row in tagging_scope(warehouse.layout.database_path, config.max_items)]
     generation = to_dataclass(config, BaseTagConfig)
     table = base_tag_table(warehouse, tagger, generation)
+    few_shot = DEFAULT_FEW_SHOT
+    if generation.few_shot == "catalog":
+        rows = natively_tagged_items(warehouse.layout.database_path, n=3, min_tags=generation.num_tags)
+        few_shot = catalog_few_shot(rows, generation.num_tags) or DEFAULT_FEW_SHOT
+        context.log.info(f"few-shot examples from the catalog: {', '.join(item.title for item, _ in few_shot)}")
     counts = RunCounts(0, 0, 0, 0.0)
     for item_shard in context.partition_keys:
         with warehouse.writing(f"base_tags-{item_shard}", context.log.info):
@@ -116,6 +153,7 @@ def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMRe
                 shard_size=config.shard_size,
                 log=context.log.info,
                 only=in_item_shard((item.item_id for item in items), item_shard),
+                few_shot=few_shot,
             )
     tags = current_base_tags(warehouse, tagger)
     in_scope = {item.item_id: tags.get(item.item_id, []) for item in items}
@@ -135,14 +173,73 @@ def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMRe
 
 
 @asset(
+    key=AssetKey(["llm", "tag_vocabulary"]),
+    deps=[AssetKey(["llm", "base_tags"])],
+    group_name="llm",
+    description=(
+        "The canonical tag vocabulary: spelling variants unified, instruction echoes and tags on too many items "
+        "dropped, near-duplicates merged by MiniLM similarity (most frequent first). Built once, then extended "
+        "with the tags of new items, so existing items keep their canonical tags."
+    ),
+)
+def tag_vocabulary(
+    context: AssetExecutionContext, config: TagVocabularyConfig, llm: LLMResource, warehouse: WarehouseResource
+):
+    from dagster_betag.evaluation.text_encoder import TextEncoder
+
+    raw = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
+    vocabulary_config = to_dataclass(config, VocabularyConfig)
+    config_id = config_fingerprint(vocabulary_config)
+    stored, stored_config_id = load_tag_map(warehouse)
+    encode = TextEncoder().encode if vocabulary_config.merge_threshold is not None else None
+    if stored_config_id == config_id:
+        tag_map = stored.extended(raw, vocabulary_config, encode)
+    else:
+        tag_map = build_tag_map(raw, vocabulary_config, encode, instructions=[INSTRUCTION, *instruction_texts()])
+    path = tag_map_path(warehouse)
+    with replacing(path) as temporary:
+        tag_map.write(temporary, config_id)
+    canonical = {item_id: tag_map.apply(tags) for item_id, tags in raw.items()}
+    reasons = Counter(mapping.reason for mapping in tag_map.mappings.values())
+    merges = sorted((m for m in tag_map.mappings.values() if m.reason != "kept"), key=lambda m: -m.n_items)[:15]
+    before, after = tag_quality_metadata(raw, "raw base tags"), tag_quality_metadata(canonical, "canonical base tags")
+    return MaterializeResult(
+        metadata={
+            "path": str(path),
+            "vocabulary_id": tag_map.vocabulary_id(),
+            "rebuilt": stored_config_id != config_id,
+            **{f"n_raw_tags_{reason}": n for reason, n in sorted(reasons.items())},
+            "n_distinct_before": before["n_distinct_tags"],
+            "n_distinct_after": after["n_distinct_tags"],
+            "mean_tags_per_item_before": before["mean_tags_per_item"],
+            "mean_tags_per_item_after": after["mean_tags_per_item"],
+            "top_tags": after["top_tags"],
+            "largest_changes": MetadataValue.md(
+                markdown_table(
+                    ["raw tag", "canonical tag", "why", "cosine", "items"],
+                    [
+                        (m.raw_tag, m.canonical_tag or "(dropped)", m.reason, round(m.similarity, 3), m.n_items)
+                        for m in merges
+                    ],
+                )
+            ),
+        }
+    )
+
+
+@asset(
     key=AssetKey(["llm", "finetune_examples"]),
-    deps=[AssetKey(["marts", "fct_behavior_sessions"]), AssetKey(["llm", "base_tags"])],
+    deps=[AssetKey(["marts", "fct_behavior_sessions"]), AssetKey(["llm", "tag_vocabulary"])],
     group_name="llm",
     description="Next-item windows over train-only behavior sessions, items written as their base tags.",
 )
 def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesConfig, llm: LLMResource, warehouse: WarehouseResource):
-    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
-    windows = build_windows(behavior_sessions(warehouse.layout.database_path), set(tags), to_dataclass(config, WindowConfig))
+    tags = canonical_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
+    database = warehouse.layout.database_path
+    tagged = {item_id for item_id, item_tags in tags.items() if item_tags}
+    windows = build_windows(
+        behavior_sessions(database), tagged, to_dataclass(config, WindowConfig), session_recency(database)
+    )
     frame = pl.DataFrame(
         {
             "example_id": [w.example_id for w in windows],
@@ -150,6 +247,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
             "context_item_ids": [list(w.context_item_ids) for w in windows],
             "target_item_id": [w.target_item_id for w in windows],
             "is_validation": [w.is_validation for w in windows],
+            "later_item_ids": [list(w.later_item_ids) for w in windows],
         },
         schema={
             "example_id": pl.Utf8,
@@ -157,6 +255,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
             "context_item_ids": pl.List(pl.Utf8),
             "target_item_id": pl.Utf8,
             "is_validation": pl.Boolean,
+            "later_item_ids": pl.List(pl.Utf8),
         },
     )
     path = warehouse.layout.landing_dir / "finetune_examples.parquet"
@@ -166,6 +265,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
         metadata={
             "dagster/row_count": frame.height,
             "n_validation": int(frame["is_validation"].sum()),
+            "n_one_item_windows": int((frame["context_item_ids"].list.len() == 1).sum()),
             "n_items_with_base_tags": len(tags),
             "path": str(path),
             "preview": MetadataValue.md(markdown_table(frame.columns, frame.head(5).rows())),
@@ -181,11 +281,18 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
 )
 def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm: LLMResource, warehouse: WarehouseResource):
     loaded = llm.load()
-    tags = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse), loaded))
+    tags = canonical_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse), loaded))
     examples_path = warehouse.layout.landing_dir / "finetune_examples.parquet"
     examples = pl.read_parquet(examples_path)
     windows = [
-        Window(row["example_id"], row["session_id"], tuple(row["context_item_ids"]), row["target_item_id"], row["is_validation"])
+        Window(
+            row["example_id"],
+            row["session_id"],
+            tuple(row["context_item_ids"]),
+            row["target_item_id"],
+            row["is_validation"],
+            tuple(row.get("later_item_ids") or ()),
+        )
         for row in examples.iter_rows(named=True)
     ]
     data_fingerprint = config_fingerprint(examples.hash_rows().sum(), sorted((k, tuple(v)) for k, v in tags.items()))
@@ -224,10 +331,13 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
 
 
 def betag_scope(warehouse: WarehouseResource, base_tagger, max_items: int | None) -> dict[str, list[str]]:
-    """item id -> base tags, for the items in scope (most popular k-core first, then new arrivals) that have them."""
-    tags = current_base_tags(warehouse, base_tagger)
+    """item id -> canonical base tags, for the items in scope (most popular k-core first, then
+    new arrivals) that have base tags."""
+    raw = current_base_tags(warehouse, base_tagger)
+    tag_map, _ = load_tag_map(warehouse)
     scope = [row["item_id"] for row in tagging_scope(warehouse.layout.database_path, max_items)]
-    return {item_id: tags[item_id] for item_id in scope if item_id in tags}
+    # an item whose base tags were all junk is still prompted with them: its beams are canonicalized
+    return {item_id: tag_map.apply(raw[item_id]) or raw[item_id] for item_id in scope if item_id in raw}
 
 
 def generate_variant(
@@ -249,6 +359,7 @@ def generate_variant(
     else:
         adapter_id, model = "none", base
     betag_config = variant.decoding_config(to_dataclass(config, BetagConfig))
+    tag_map, _ = load_tag_map(warehouse)
     table = ShardedTable(
         warehouse.layout.landing_dir / "betags",
         {
@@ -258,6 +369,7 @@ def generate_variant(
             "precision": base.precision,
             "prompt_version": BEHAVIOR_PROMPT_VERSION,
             "decoding": config_fingerprint(betag_config),
+            "vocabulary_id": tag_map.vocabulary_id(),
         },
         version_column="input_hash",
     )
@@ -273,6 +385,7 @@ def generate_variant(
                 betag_config,
                 shard_size=config.shard_size,
                 log=context.log.info,
+                tag_map=tag_map,
             )
     latest = table.read().sort("generated_at").unique("item_id", keep="last").filter(pl.col("item_id").is_in(list(items)))
     tagged = {row["item_id"]: [t["tag"] for t in row["tags"]] for row in latest.iter_rows(named=True)}

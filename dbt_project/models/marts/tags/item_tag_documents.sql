@@ -26,6 +26,15 @@ base as (
 
 ),
 
+-- the base tags as generated, before the tag vocabulary (to measure what it changes)
+base_raw as (
+
+    select item_id, tags
+    from {{ ref('stg_base_tag_generations') }}
+    qualify row_number() over (partition by item_id order by generated_at desc, prompt_version desc) = 1
+
+),
+
 betag as (
 
     select item_id, list(tag order by tag_rank) as tags
@@ -60,6 +69,8 @@ sources as (
     union all
     select 'base' as tag_source, * from base
     union all
+    select 'base_raw' as tag_source, * from base_raw
+    union all
     select 'betag' as tag_source, * from betag
     union all
     select * from betag_ablations
@@ -72,7 +83,7 @@ source_names as (
 
     select * from (
         values
-            ('native'), ('base'), ('betag'),
+            ('native'), ('base'), ('base_raw'), ('betag'),
             ('betag_no_finetune'), ('betag_one_beam'), ('betag_neither'),
             ('propagated')
     ) as t(tag_source)
