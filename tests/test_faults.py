@@ -102,8 +102,10 @@ def test_two_item_shards_in_concurrent_runs_give_the_unpartitioned_tags(referenc
     warehouse = tmp_path / "warehouse"
     build_warehouse(defs, dataset, warehouse, model)
     for step, select in enumerate(("llm/base_tags", "llm/betags")):
-        if select == "llm/betags":  # the adapter the reference trained on the same base tags
+        if select == "llm/betags":  # the vocabulary and adapter the reference built on the same base tags
             shutil.copy(reference_warehouse / "landing" / "current_adapter.json", warehouse / "landing")
+            vocabulary = Path("landing") / "tag_vocabulary"
+            shutil.copytree(reference_warehouse / vocabulary, warehouse / vocabulary)
         home = tmp_path / f"dagster-home-{step}"
         env = environment(dataset, warehouse, model, home, **{settings.ITEM_SHARDS_ENV: "2"})
         op = select.replace("/", "__")
