@@ -75,10 +75,14 @@ def tag_map_path(warehouse: WarehouseResource) -> Path:
     return warehouse.layout.landing_dir / "tag_vocabulary" / "tag_vocabulary.parquet"
 
 
-def load_tag_map(warehouse: WarehouseResource, item_noun: str = "movie") -> tuple[TagMap, str | None]:
+# what the models are told, whose words make the echo filter of the tag vocabulary
+PROMPT_INSTRUCTIONS = (INSTRUCTION, *instruction_texts())
+
+
+def load_tag_map(warehouse: WarehouseResource) -> tuple[TagMap, str | None]:
     """The stored tag vocabulary and its config id (an empty map, which changes nothing, before
     llm/tag_vocabulary first ran)."""
-    return TagMap.read(tag_map_path(warehouse), [INSTRUCTION, *instruction_texts(item_noun)])
+    return TagMap.read(tag_map_path(warehouse), PROMPT_INSTRUCTIONS)
 
 
 def canonical_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
@@ -191,11 +195,12 @@ def tag_vocabulary(
     vocabulary_config = to_dataclass(config, VocabularyConfig)
     config_id = config_fingerprint(vocabulary_config)
     stored, stored_config_id = load_tag_map(warehouse)
-    encode = TextEncoder().encode if vocabulary_config.merge_threshold is not None else None
+    # the encoder loads only when a merge runs (a refresh without new tags needs none)
+    encode = (lambda texts: TextEncoder().encode(texts)) if vocabulary_config.merge_threshold is not None else None
     if stored_config_id == config_id:
         tag_map = stored.extended(raw, vocabulary_config, encode)
     else:
-        tag_map = build_tag_map(raw, vocabulary_config, encode, instructions=[INSTRUCTION, *instruction_texts()])
+        tag_map = build_tag_map(raw, vocabulary_config, encode, instructions=PROMPT_INSTRUCTIONS)
     path = tag_map_path(warehouse)
     with replacing(path) as temporary:
         tag_map.write(temporary, config_id)
@@ -330,11 +335,12 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
     )
 
 
-def betag_scope(warehouse: WarehouseResource, base_tagger, max_items: int | None) -> dict[str, list[str]]:
+def betag_scope(
+    warehouse: WarehouseResource, base_tagger, tag_map: TagMap, max_items: int | None
+) -> dict[str, list[str]]:
     """item id -> canonical base tags, for the items in scope (most popular k-core first, then
     new arrivals) that have base tags."""
     raw = current_base_tags(warehouse, base_tagger)
-    tag_map, _ = load_tag_map(warehouse)
     scope = [row["item_id"] for row in tagging_scope(warehouse.layout.database_path, max_items)]
     # an item whose base tags were all junk is still prompted with them: its beams are canonicalized
     return {item_id: tag_map.apply(raw[item_id]) or raw[item_id] for item_id in scope if item_id in raw}
@@ -347,7 +353,8 @@ def generate_variant(
 
     Returns (metadata, item -> base tags, item -> aggregated tags)."""
     base = llm.load()
-    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse), base), config.max_items)
+    tag_map, _ = load_tag_map(warehouse)
+    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse), base), tag_map, config.max_items)
     if variant.finetuned:
         pointer = current_adapter(warehouse.layout)
         if pointer is None:
@@ -359,7 +366,6 @@ def generate_variant(
     else:
         adapter_id, model = "none", base
     betag_config = variant.decoding_config(to_dataclass(config, BetagConfig))
-    tag_map, _ = load_tag_map(warehouse)
     table = ShardedTable(
         warehouse.layout.landing_dir / "betags",
         {
