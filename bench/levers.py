@@ -2,7 +2,7 @@
 existing warehouse with run config overrides, so every measured lever lands in eval_results.
 
     BETAG_WAREHOUSE_DIR=$PWD/warehouse/full python -m bench.levers \\
-        --from llm/tag_vocabulary --config '{"llm__betags": {"config": {"num_groups": 8}}}' \\
+        --from llm/tag_vocabulary --config '{"llm__betags": {"config": {"decoding": {"num_groups": 8}}}}' \\
         --profile full --no-recommenders
 
 runs llm/tag_vocabulary and everything downstream of it (finetuning, BETags, the dbt tag
@@ -20,6 +20,7 @@ import time
 from dagster import AssetKey, AssetSelection, materialize
 
 from dagster_betag.defs.config import profile_run_config
+from dagster_betag.defs.keys import EVAL_RESULTS_SHARDS, op_name
 
 
 def main() -> None:
@@ -34,18 +35,19 @@ def main() -> None:
     from dagster_betag.cli import _prepare_dbt_manifest
 
     _prepare_dbt_manifest()
-    from dagster_betag.definitions import defs
+    from dagster_betag.definitions import build_definitions
     from dagster_betag.defs.partitions import every_item_shard
     from dagster_betag.defs.resources import build_resources
 
+    defs = build_definitions()
     selection = AssetSelection.keys(AssetKey(args.start.split("/"))).downstream()
     if args.exclude:
         selection = selection - AssetSelection.keys(*(AssetKey(key.split("/")) for key in args.exclude))
-    selected = {"__".join(key.path) for key in selection.resolve(defs.resolve_asset_graph())}
+    selected = {op_name(key) for key in selection.resolve(defs.resolve_asset_graph())}
     run_config = profile_run_config(args.profile, ops=selected)
     overrides = json.loads(args.config)
     if args.no_recommenders:
-        overrides.setdefault("evaluation__eval_results", {}).setdefault("config", {})["recommenders"] = []
+        overrides.setdefault(op_name(EVAL_RESULTS_SHARDS), {}).setdefault("config", {})["recommenders"] = []
     for op, override in overrides.items():
         if op not in selected:
             continue

@@ -20,7 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dagster_betag import settings
-from dagster_betag.datasets import DatasetError
+from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, DatasetError
+from dagster_betag.evaluation.data import SPLITS
 from dagster_betag.profiles import PROFILES
 
 PREVIEW_SQL = {
@@ -110,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     results.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
     results.add_argument("--run-id", help="evaluation run (default: the latest)")
-    results.add_argument("--split", default="test", choices=["validation", "test"])
+    results.add_argument("--split", default="test", choices=SPLITS)
     results.set_defaults(handler=_results)
 
     tags = commands.add_parser(
@@ -163,8 +164,7 @@ def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
     """What `betag run` and `betag refresh` run on: dataset, warehouse, model and profile."""
     command.add_argument("--dataset", help=f"dataset folder (default: ${settings.DATASET_ENV}, "
                          "data/ml-latest-small, then ../shared/data/ml-latest-small)")
-    command.add_argument("--format", default="auto",
-                         choices=["auto", "movielens-latest", "movielens-1m", "movielens-100k", "generic"],
+    command.add_argument("--format", default=AUTO_FORMAT, choices=FORMAT_CHOICES,
                          help="dataset layout (default: detected from the files)")
     command.add_argument("--warehouse",
                          help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
@@ -197,10 +197,10 @@ def _execute(job_name: str, run_config: dict, launched_by: str):
     _prepare_dbt_manifest()
     from dagster import DagsterInstance
 
-    from dagster_betag.definitions import defs
+    from dagster_betag.definitions import build_definitions
     from dagster_betag.defs.partitions import every_item_shard
 
-    job = defs.resolve_job_def(job_name)
+    job = build_definitions().resolve_job_def(job_name)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     log_path = settings.warehouse_dir() / "logs" / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"betag: warehouse {settings.warehouse_dir()}")
     from dagster_betag.defs.config import profile_run_config
 
-    if not _execute("betag_pipeline", profile_run_config(args.profile, args.ablations), "betag run").success:
+    from dagster_betag.defs.jobs import betag_pipeline
+
+    if not _execute(betag_pipeline.name, profile_run_config(args.profile, args.ablations), "betag run").success:
         return 1
     _print_summary(time.perf_counter() - started)
     return 0
@@ -243,11 +245,15 @@ def _refresh(args: argparse.Namespace) -> int:
     from dagster_betag.defs.config import profile_run_config
     from dagster_betag.defs.schedules import REFRESH_OPS
 
-    result = _execute("catalog_refresh", profile_run_config(args.profile, ops=REFRESH_OPS), "betag refresh")
+    from dagster_betag.defs.jobs import catalog_refresh
+    from dagster_betag.defs.keys import BASE_TAGS, BETAGS, op_name
+
+    result = _execute(catalog_refresh.name, profile_run_config(args.profile, ops=REFRESH_OPS), "betag refresh")
     if not result.success:
         return 1
-    for node, what in (("llm__base_tags", "base tags"), ("llm__betags", "BETags")):
-        metadata = {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+    for key, what in ((BASE_TAGS, "base tags"), (BETAGS, "BETags")):
+        materialization = result.asset_materializations_for_node(op_name(key))[0]
+        metadata = {k: v.value for k, v in materialization.metadata.items()}
         print(
             f"  {what}: {metadata['n_generated']} generated ({metadata['n_new']} new items, "
             f"{metadata['n_changed']} changed), {metadata['n_skipped_already_done']} unchanged and kept"

@@ -9,14 +9,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster_betag.shards import stable_hash
+from dagster_betag.hashing import stable_hash
+from dagster_betag.tag_store import current_adapter
 from dagster_betag.warehouse import SUMMARY_QUERIES, WarehouseLayout, connect_readonly, fetch_value
-
-CURRENT_ADAPTER_FILE = "current_adapter.json"
 
 
 def input_files_fingerprint(folder: Path) -> str:
@@ -33,12 +31,6 @@ def input_files_fingerprint(folder: Path) -> str:
 def train_interaction_count(layout: WarehouseLayout) -> int:
     with connect_readonly(layout.database_path) as connection:
         return int(fetch_value(connection, SUMMARY_QUERIES["train_interactions"]))
-
-
-def current_adapter(layout: WarehouseLayout) -> dict | None:
-    """The pointer the behavior adapter asset writes: adapter id, folder, train interactions it saw."""
-    path = layout.landing_dir / CURRENT_ADAPTER_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ which runs as a subprocess from dbt_project/, resolve the same paths:
 - ``BETAG_ITEM_SHARDS``: how many item shards the generation assets are partitioned into.
 - ``BETAG_PROFILE``: the profile (quick, full) of the scheduled refreshes.
 - ``BETAG_LOCK_TIMEOUT_S``: how long a writing step waits for another run (default 600).
+- ``BETAG_REFRESH_CRON``, ``BETAG_REFINETUNE_CRON``, ``BETAG_REFINETUNE_MIN_NEW_INTERACTIONS``:
+  the schedules (see ``defs/schedules.py``).
+
+Every value is read when it is needed (a run, building the definitions), never at import.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ ADAPTERS_ENV = "BETAG_ADAPTERS_DIR"
 ITEM_SHARDS_ENV = "BETAG_ITEM_SHARDS"
 PROFILE_ENV = "BETAG_PROFILE"
 LOCK_TIMEOUT_ENV = "BETAG_LOCK_TIMEOUT_S"
+REFRESH_CRON_ENV = "BETAG_REFRESH_CRON"
+REFINETUNE_CRON_ENV = "BETAG_REFINETUNE_CRON"
+REFINETUNE_THRESHOLD_ENV = "BETAG_REFINETUNE_MIN_NEW_INTERACTIONS"
 DEFAULT_ITEM_SHARDS = 4
+DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
 def put_interpreter_tools_on_path() -> None:
@@ -60,6 +68,25 @@ def item_shard_count() -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{ITEM_SHARDS_ENV} must be a positive integer, got {text!r}")
     return int(text)
+
+
+def lock_timeout_s() -> float:
+    """How long a writing step waits for another run: $BETAG_LOCK_TIMEOUT_S, else 600."""
+    return float(os.environ.get(LOCK_TIMEOUT_ENV) or DEFAULT_LOCK_TIMEOUT_S)
+
+
+def schedule_profile() -> str:
+    """The profile (quick, full) of the scheduled refreshes: $BETAG_PROFILE, else quick."""
+    return os.environ.get(PROFILE_ENV) or "quick"
+
+
+def schedule_settings() -> tuple[str, str, int]:
+    """(catalog refresh cron, re-finetune cron, new train interactions that warrant re-finetuning)."""
+    return (
+        os.environ.get(REFRESH_CRON_ENV) or "0 3 * * *",
+        os.environ.get(REFINETUNE_CRON_ENV) or "0 4 * * 0",
+        int(os.environ.get(REFINETUNE_THRESHOLD_ENV) or "1000"),
+    )
 
 
 def dataset_candidates(configured: str | os.PathLike | None = None) -> list[Path]:

@@ -37,9 +37,9 @@ def dbt_manifest() -> Path:
 
 @pytest.fixture(scope="session")
 def defs(dbt_manifest):
-    from dagster_betag.definitions import defs
+    from dagster_betag.definitions import build_definitions
 
-    return defs
+    return build_definitions()
 
 
 @pytest.fixture

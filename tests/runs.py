@@ -16,7 +16,7 @@ SMALL_LLM_RUN = {
     "ops": {
         "llm__base_tags": {"config": {"max_new_tokens": 16, "shard_size": 8}},
         "llm__behavior_adapter": {"config": {"batch_size": 4, "max_length": 256}},
-        "llm__betags": {"config": {"num_groups": 2, "max_new_tokens": 8, "shard_size": 8}},
+        "llm__betags": {"config": {"decoding": {"num_groups": 2, "max_new_tokens": 8}, "shard_size": 8}},
         # the random model leaves many items without base tags: evaluate the whole k-core
         "evaluation__eval_results": {
             "config": {"seeds": [0], "recommender_max_epochs": 2, "restrict_to_llm_tagged": False}

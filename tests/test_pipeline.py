@@ -14,6 +14,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
+from dagster_betag.hashing import stable_hash
 from dagster_betag.evaluation.data import TAG_SOURCES
 from dagster_betag.warehouse import natively_tagged_items
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
@@ -339,3 +340,17 @@ def test_cli_shows_an_items_tags_and_answers_read_only_sql(built, tmp_path):
     assert not leak.exists() and not (tmp_path / "other.duckdb").exists()
     assert query(connection, "select count(*) from information_schema.tables") == tables_before
     assert query(connection, "select count(*) from marts.dim_items")[0][0] == n_items
+
+
+def test_betags_are_prompted_with_the_base_tags_the_marts_show(built):
+    """One definition of an item's current base tags: the BETag prompt's input (its hash is
+    each generation's input_hash) is exactly marts.item_base_tags of that item, in rank order."""
+    _, _, connection = built
+    shown = dict(query(connection, "select item_id, list(tag order by tag_rank) from marts.item_base_tags group by item_id"))
+    prompted = query(connection, "select item_id, input_hash from intermediate.int_betag_generations_selected where variant = 'betag'")
+    assert prompted
+    for item_id, input_hash in prompted:
+        assert input_hash == stable_hash(list(shown[item_id])), item_id
+    # and the tag vocabulary was built from the current generations dbt shows
+    raw = dict(query(connection, "select item_id, tags from intermediate.int_base_tag_generations_current"))
+    assert set(dict(query(connection, "select item_id, 1 from marts.item_base_tags"))) <= set(raw)

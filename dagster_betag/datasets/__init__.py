@@ -29,6 +29,8 @@ from dagster_betag.datasets.movielens import read_movielens_1m, read_movielens_1
 from dagster_betag.files import replacing, temp_path_beside
 
 __all__ = [
+    "AUTO_FORMAT",
+    "FORMAT_CHOICES",
     "FORMATS",
     "LANDING_SCHEMAS",
     "MANIFEST_NAME",
@@ -69,6 +71,8 @@ _LAYOUTS: dict[str, _Layout] = {
     ),
 }
 FORMATS: tuple[str, ...] = tuple(_LAYOUTS)
+AUTO_FORMAT = "auto"  # detect the layout from the files present
+FORMAT_CHOICES: tuple[str, ...] = (AUTO_FORMAT, *FORMATS)
 
 
 def detect_format(path: str | Path) -> str:
@@ -82,16 +86,16 @@ def detect_format(path: str | Path) -> str:
         if len(missing) < len(_LAYOUTS[name].markers):  # some marker files, not all: say what is missing
             lacking = " and ".join(" or ".join(alts) for alts in missing)
             raise DatasetError(f"{source_dir} looks like a {name} dataset but lacks {lacking}")
-    raise DatasetError(
-        f"cannot tell the format of {source_dir}: expected movies.csv+ratings.csv (MovieLens), "
-        "movies.dat+ratings.dat (ml-1m), u.item+u.data (ml-100k) or items+events .csv/.parquet (generic)"
+    expected = "; ".join(
+        f"{' + '.join(' or '.join(alts) for alts in layout.markers)} ({name})" for name, layout in _LAYOUTS.items()
     )
+    raise DatasetError(f"cannot tell the format of {source_dir}: expected {expected}")
 
 
-def read_dataset(path: str | Path, format: str = "auto") -> LandedDataset:
+def read_dataset(path: str | Path, format: str = AUTO_FORMAT) -> LandedDataset:
     """Read the dataset folder ``path`` into the landing contract (``format`` "auto" detects it)."""
     source_dir = _existing_dir(path)
-    layout_name = detect_format(source_dir) if format == "auto" else _known_format(format)
+    layout_name = detect_format(source_dir) if format == AUTO_FORMAT else _known_format(format)
     hashes = _hash_files(source_dir, _LAYOUTS[layout_name].files)  # before reading; see LandedDataset
     tables = _LAYOUTS[layout_name].read(source_dir)
     return LandedDataset(
@@ -99,10 +103,10 @@ def read_dataset(path: str | Path, format: str = "auto") -> LandedDataset:
     )
 
 
-def source_hashes(path: str | Path, format: str = "auto") -> dict[str, str]:
+def source_hashes(path: str | Path, format: str = AUTO_FORMAT) -> dict[str, str]:
     """SHA-256 of each file the adapter reads; compare with a manifest's ``source_files`` to spot new inputs."""
     source_dir = _existing_dir(path)
-    layout_name = detect_format(source_dir) if format == "auto" else _known_format(format)
+    layout_name = detect_format(source_dir) if format == AUTO_FORMAT else _known_format(format)
     return _hash_files(source_dir, _LAYOUTS[layout_name].files)
 
 
@@ -156,7 +160,7 @@ def _existing_dir(path: str | Path) -> Path:
 
 def _known_format(format: str) -> str:
     if format not in _LAYOUTS:
-        raise DatasetError(f"unknown dataset format {format!r}; use one of: auto, {', '.join(FORMATS)}")
+        raise DatasetError(f"unknown dataset format {format!r}; use one of: {', '.join(FORMAT_CHOICES)}")
     return format
 
 

@@ -2,9 +2,15 @@
 
 from dagster import AssetSelection, define_asset_job
 
+from dagster_betag.defs import keys
 from dagster_betag.defs.assets.sources import landing_tables
-from dagster_betag.defs.assets.tagging import base_tags, behavior_adapter, betags, finetune_examples, tag_vocabulary
-from dagster_betag.defs.assets.warehouse_models import tag_models, warehouse_models
+from dagster_betag.defs.assets.tagging import behavior_adapter, finetune_examples, tag_vocabulary
+from dagster_betag.defs.assets.warehouse_models import (
+    base_tag_generation_models,
+    canonical_base_tag_models,
+    tag_models,
+    warehouse_models,
+)
 from dagster_betag.defs.checks import (
     betag_ablation_order,
     betag_beats_base_and_native,
@@ -31,7 +37,16 @@ warehouse_build = define_asset_job(
 
 catalog_refresh = define_asset_job(
     name="catalog_refresh",
-    selection=AssetSelection.assets(landing_tables, warehouse_models, base_tags, tag_vocabulary, betags, tag_models)
+    selection=AssetSelection.assets(
+        landing_tables,
+        warehouse_models,
+        keys.BASE_TAGS,
+        base_tag_generation_models,
+        tag_vocabulary,
+        canonical_base_tag_models,
+        keys.BETAGS,
+        tag_models,
+    )
     - EVALUATION_CLAIMS,
     description=(
         "Land the inputs again, rebuild the warehouse, tag the items that are new or whose description "
@@ -42,6 +57,6 @@ catalog_refresh = define_asset_job(
 
 behavior_refresh = define_asset_job(
     name="behavior_refresh",
-    selection=AssetSelection.assets(finetune_examples, behavior_adapter, betags, tag_models) - EVALUATION_CLAIMS,
+    selection=AssetSelection.assets(finetune_examples, behavior_adapter, keys.BETAGS, tag_models) - EVALUATION_CLAIMS,
     description="Finetune the adapter again on the behavior so far and decode every item's BETags with it.",
 )

@@ -14,7 +14,7 @@ from dagster_dbt import DbtCliResource
 from pydantic import Field
 
 from dagster_betag import settings
-from dagster_betag.datasets import LandedDataset, read_dataset
+from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, read_dataset
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
 from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
@@ -29,16 +29,10 @@ class DatasetResource(ConfigurableResource):
         default=None,
         description="Dataset folder; unset: $BETAG_DATASET_DIR, data/ml-latest-small, then ../shared/data/ml-latest-small.",
     )
-    format: str = Field(
-        default="auto",
-        description="auto, movielens-latest, movielens-1m, movielens-100k or generic.",
-    )
+    format: str = Field(default=AUTO_FORMAT, description=f"Dataset layout: {', '.join(FORMAT_CHOICES)}.")
 
     def read(self) -> LandedDataset:
         return read_dataset(settings.resolve_dataset_dir(self.path), self.format)
-
-
-DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
 class WarehouseResource(ConfigurableResource):
@@ -51,7 +45,7 @@ class WarehouseResource(ConfigurableResource):
         return WarehouseLayout(Path(self.directory).resolve())
 
     lock_timeout_s: float = Field(
-        default=DEFAULT_LOCK_TIMEOUT_S,
+        default=settings.DEFAULT_LOCK_TIMEOUT_S,
         description="How long a writing step waits for another run holding the same part of the warehouse.",
     )
 
@@ -114,13 +108,15 @@ def _from_env(name: str, default: str | None) -> str | EnvVar | None:
 
 
 def build_resources() -> dict[str, object]:
+    """The resources, bound to the environment variables that are set when this is called
+    (an EnvVar resolves when a run starts, so the UI shows where each value came from)."""
     return {
         "dataset": DatasetResource(
-            path=_from_env(settings.DATASET_ENV, None), format=_from_env(settings.DATASET_FORMAT_ENV, "auto")
+            path=_from_env(settings.DATASET_ENV, None), format=_from_env(settings.DATASET_FORMAT_ENV, AUTO_FORMAT)
         ),
         "warehouse": WarehouseResource(
             directory=_from_env(settings.WAREHOUSE_ENV, str(settings.warehouse_dir())),
-            lock_timeout_s=float(os.environ.get(settings.LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)),
+            lock_timeout_s=settings.lock_timeout_s(),
         ),
         "dbt": DbtCliResource(project_dir=betag_dbt_project),
         "llm": LLMResource(model=_from_env(settings.MODEL_ENV, DEFAULT_MODEL)),

@@ -1,47 +1,53 @@
-"""The LLM stages: base tags, finetuning examples, the behavior adapter, BETags.
+"""The LLM stages: base tags, the tag vocabulary, finetuning examples, the behavior adapter,
+BETags.
 
 Each body reads its inputs, calls one library function and returns metadata. Outputs are
-files (Parquet shards, an adapter folder) that dbt and later assets read.
+files (Parquet shards, an adapter folder) that dbt and later assets read; what a stage reads
+of an earlier one is a warehouse table (``tag_store``). The two generation assets are
+partitioned by item shard, so they are built by ``item_shard_assets`` once the number of
+shards is known.
 """
 
-import json
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+)
 
-from dagster_betag import settings
+from dagster_betag import settings, tag_store
+from dagster_betag.defs import keys
 from dagster_betag.defs.config import (
-    AdapterConfig,
-    BaseTagsConfig,
-    BetagsConfig,
-    FinetuneExamplesConfig,
-    TagVocabularyConfig,
+    BaseTagsRunConfig,
+    BehaviorAdapterRunConfig,
+    BetagsRunConfig,
+    FinetuneExamplesRunConfig,
+    TagVocabularyRunConfig,
     to_dataclass,
 )
-from dagster_betag.defs.partitions import item_shards
+from dagster_betag.defs.metadata import plain_values, run_counts_metadata, tag_quality_metadata
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
-from dagster_betag.files import replacing
+from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.api import ApiTagger
 from dagster_betag.llm.base_tags import BaseTagConfig
-from dagster_betag.llm.betag import ABLATIONS, FULL_BETAG, BetagConfig, BetagVariant
-from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
-from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
+from dagster_betag.llm.betag import BetagConfig, variant_decoding
+from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
-from dagster_betag.llm.prompts import (
-    BASE_TAG_PROMPT_VERSION,
-    DEFAULT_FEW_SHOT,
-    ItemDescription,
-    catalog_few_shot,
-    instruction_texts,
-)
-from dagster_betag.llm.behavior import INSTRUCTION
-from dagster_betag.llm.vocabulary import TagMap, VocabularyConfig, build_tag_map
-from dagster_betag.plots import markdown_image, tag_frequency_png
-from dagster_betag.refresh import CURRENT_ADAPTER_FILE, current_adapter, train_interaction_count
-from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
+from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, DEFAULT_FEW_SHOT, ItemDescription, catalog_few_shot
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant
+from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
+from dagster_betag.plots import markdown_image
+from dagster_betag.refresh import train_interaction_count
+from dagster_betag.shards import RunCounts, item_shard_of
 from dagster_betag.warehouse import (
     behavior_sessions,
     markdown_table,
@@ -51,134 +57,174 @@ from dagster_betag.warehouse import (
     tagging_scope,
 )
 
+CANONICAL_BASE_TAGS = keys.model("marts", "item_base_tags")
+CURRENT_RAW_BASE_TAGS = keys.model("intermediate", "int_base_tag_generations_current")
 
 
-def base_tag_table(warehouse: WarehouseResource, llm, generation: BaseTagConfig | None = None) -> ShardedTable:
-    """The base-tag shards of this model and prompt version; with ``generation``, only those
-    decoded with that configuration at the loaded precision (what a run resumes from)."""
-    run_key = {"model": llm.name, "model_fingerprint": llm.fingerprint, "prompt_version": BASE_TAG_PROMPT_VERSION}
-    if generation is not None:
-        run_key |= {"precision": llm.precision, "generation": config_fingerprint(generation)}
-    return ShardedTable(warehouse.layout.landing_dir / "base_tags", run_key, version_column="input_hash")
-
-
-def current_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
-    """item id -> latest published base tags of this model and prompt version, whatever decoded them."""
-    frame = base_tag_table(warehouse, llm).read(published_only=True)
-    if frame is None:
-        return {}
-    latest = frame.sort("generated_at").unique("item_id", keep="last")
-    return dict(zip(latest["item_id"].to_list(), latest["tags"].to_list()))
-
-
-def tag_map_path(warehouse: WarehouseResource) -> Path:
-    return warehouse.layout.landing_dir / "tag_vocabulary" / "tag_vocabulary.parquet"
-
-
-# what the models are told, whose words make the echo filter of the tag vocabulary
-PROMPT_INSTRUCTIONS = (INSTRUCTION, *instruction_texts())
-
-
-def load_tag_map(warehouse: WarehouseResource) -> tuple[TagMap, str | None]:
-    """The stored tag vocabulary and its config id (an empty map, which changes nothing, before
-    llm/tag_vocabulary first ran)."""
-    return TagMap.read(tag_map_path(warehouse), PROMPT_INSTRUCTIONS)
-
-
-def canonical_base_tags(warehouse: WarehouseResource, llm) -> dict[str, list[str]]:
-    """``current_base_tags`` through the tag vocabulary: canonical tags, junk dropped."""
-    tag_map, _ = load_tag_map(warehouse)
-    return {item_id: tag_map.apply(tags) for item_id, tags in current_base_tags(warehouse, llm).items()}
-
-
-def api_cache_dir(warehouse: WarehouseResource) -> Path:
-    return warehouse.layout.directory / "cache" / "api"
-
-
-def in_item_shard(item_ids, item_shard: str) -> set[str]:
-    n_shards = len(item_shards.get_partition_keys())
-    return {item_id for item_id in item_ids if item_shard_of(item_id, n_shards) == item_shard}
-
-
-def run_counts_metadata(counts: RunCounts) -> dict:
-    return {
-        "n_generated": counts.n_generated,
-        "n_new": counts.n_generated - counts.n_changed,
-        "n_changed": counts.n_changed,
-        "n_skipped_already_done": counts.n_skipped,
-        "seconds": round(counts.seconds, 1),
-        "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
-    }
-
-
-def tag_quality_metadata(tags_by_item: dict[str, list[str]], what: str) -> dict:
-    """The figures that say whether tags are usable, and the most frequent ones (junk shows there)."""
-    counts = Counter(tag for tags in tags_by_item.values() for tag in tags)
-    n_items = max(1, len(tags_by_item))
-    top = counts.most_common(20)
-    return {
-        "n_items_tagged": len(tags_by_item),
-        "share_with_3_tags": round(sum(len(t) >= 3 for t in tags_by_item.values()) / n_items, 4),
-        "mean_tags_per_item": round(sum(map(len, tags_by_item.values())) / n_items, 2),
-        "n_distinct_tags": len(counts),
-        "top_tags": MetadataValue.md(markdown_image(tag_frequency_png(top, f"most frequent {what}"), what)),
-    }
-
-
-@asset(
-    key=AssetKey(["llm", "base_tags"]),
-    deps=[AssetKey(["marts", "dim_items"]), AssetKey(["marts", "fct_item_popularity"])],
-    group_name="llm",
-    partitions_def=item_shards,
-    backfill_policy=BackfillPolicy.single_run(),
-    description=(
-        "Zero-shot base tags from the item's structured description, in resumable Parquet shards; "
-        "partitioned by item shard, and only new items or items whose description changed are tagged."
-    ),
-)
-def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMResource, warehouse: WarehouseResource):
-    tagger = llm.base_tagger(api_cache_dir(warehouse))
-    items = [ItemDescription.from_row(row) for row in tagging_scope(warehouse.layout.database_path, config.max_items)]
-    generation = to_dataclass(config, BaseTagConfig)
-    table = base_tag_table(warehouse, tagger, generation)
-    few_shot = DEFAULT_FEW_SHOT
-    if generation.few_shot == "catalog":
-        rows = natively_tagged_items(warehouse.layout.database_path, n=3, min_tags=generation.num_tags)
-        few_shot = catalog_few_shot(rows, generation.num_tags) or DEFAULT_FEW_SHOT
-        context.log.info(f"few-shot examples from the catalog: {', '.join(item.title for item, _ in few_shot)}")
+def _each_item_shard(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    partitions: StaticPartitionsDefinition,
+    what: str,
+    item_ids,
+    run: Callable[[str, set[str]], RunCounts],
+) -> RunCounts:
+    """``run(item_shard, its items)`` for every item shard of this run, each under its lock."""
+    n_shards = len(partitions.get_partition_keys())
     counts = RunCounts(0, 0, 0, 0.0)
     for item_shard in context.partition_keys:
-        with warehouse.writing(f"base_tags-{item_shard}", context.log.info):
-            counts += base_tag_run(
+        members = {item_id for item_id in item_ids if item_shard_of(item_id, n_shards) == item_shard}
+        with warehouse.writing(f"{what}-{item_shard}", context.log.info):
+            counts += run(item_shard, members)
+    return counts
+
+
+def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefinition]:
+    """The generation assets, partitioned by ``partitions`` (item shards)."""
+
+    @asset(
+        key=keys.BASE_TAGS,
+        deps=[keys.model("marts", "dim_items"), keys.model("marts", "fct_item_popularity")],
+        group_name="llm",
+        partitions_def=partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        description=(
+            "Zero-shot base tags from the item's structured description, in resumable Parquet shards; "
+            "partitioned by item shard, and only new items or items whose description changed are tagged."
+        ),
+    )
+    def base_tags(context: AssetExecutionContext, config: BaseTagsRunConfig, llm: LLMResource, warehouse: WarehouseResource):
+        layout = warehouse.layout
+        tagger = llm.base_tagger(tag_store.api_cache_dir(layout))
+        items = [ItemDescription.from_row(row) for row in tagging_scope(layout.database_path, config.max_items)]
+        generation = to_dataclass(config, BaseTagConfig)
+        table = tag_store.base_tag_table(layout, tagger, generation)
+        few_shot = DEFAULT_FEW_SHOT
+        if generation.few_shot == "catalog":
+            rows = natively_tagged_items(layout.database_path, n=3, min_tags=generation.num_tags)
+            few_shot = catalog_few_shot(rows, generation.num_tags) or DEFAULT_FEW_SHOT
+            context.log.info(f"few-shot examples from the catalog: {', '.join(item.title for item, _ in few_shot)}")
+        counts = _each_item_shard(
+            context,
+            warehouse,
+            partitions,
+            "base_tags",
+            [item.item_id for item in items],
+            lambda item_shard, members: base_tag_run(
                 tagger,
                 items,
                 table.for_item_shard(item_shard),
                 generation,
                 shard_size=config.shard_size,
                 log=context.log.info,
-                only=in_item_shard((item.item_id for item in items), item_shard),
+                only=members,
                 few_shot=few_shot,
-            )
-    tags = current_base_tags(warehouse, tagger)
-    in_scope = {item.item_id: tags.get(item.item_id, []) for item in items}
-    sample = [(item.title, ", ".join(in_scope[item.item_id])) for item in items[:8]]
-    return MaterializeResult(
-        metadata={
-            "model": tagger.name,
-            "prompt_version": BASE_TAG_PROMPT_VERSION,
-            "item_shards": ", ".join(context.partition_keys),
-            **run_counts_metadata(counts),
-            # requests, retries, cache hits and back-off of an API tagger
-            **({f"api_{k}": v for k, v in asdict(tagger.stats).items()} if isinstance(tagger, ApiTagger) else {}),
-            **tag_quality_metadata(in_scope, "base tags"),
-            "sample": MetadataValue.md(markdown_table(["title", "base tags"], sample, max_chars=120)),
-        }
+            ),
+        )
+        written = tag_store.latest_by_item(table)
+        in_scope = {item.item_id: written.get(item.item_id, []) for item in items}
+        sample = [(item.title, ", ".join(in_scope[item.item_id])) for item in items[:8]]
+        return MaterializeResult(
+            metadata={
+                "model": tagger.name,
+                "prompt_version": BASE_TAG_PROMPT_VERSION,
+                "item_shards": ", ".join(context.partition_keys),
+                **run_counts_metadata(counts),
+                # requests, retries, cache hits and back-off of an API tagger
+                **({f"api_{k}": v for k, v in asdict(tagger.stats).items()} if isinstance(tagger, ApiTagger) else {}),
+                **tag_quality_metadata(in_scope, "base tags"),
+                "sample": MetadataValue.md(markdown_table(["title", "base tags"], sample, max_chars=120)),
+            }
+        )
+
+    @asset(
+        key=keys.BETAGS,
+        deps=[keys.BEHAVIOR_ADAPTER, CANONICAL_BASE_TAGS],
+        group_name="llm",
+        partitions_def=partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        description=(
+            "BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated; "
+            f"then the configured ablations of the poster's Table 3 ({', '.join(v.name for v in ABLATIONS)}). "
+            "Partitioned by item shard; items whose base tags and adapter are unchanged are not decoded again."
+        ),
     )
+    def betags(context: AssetExecutionContext, config: BetagsRunConfig, llm: LLMResource, warehouse: WarehouseResource):
+        layout = warehouse.layout
+        scope = [row["item_id"] for row in tagging_scope(layout.database_path, config.max_items)]
+        canonical = tag_store.current_base_tags(layout)
+        items = {item_id: canonical[item_id] for item_id in scope if item_id in canonical}
+        metadata, tagged = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
+        for variant in (v for v in ABLATIONS if v.name in config.ablations):
+            variant_metadata, variant_tagged = decode_variant(context, warehouse, partitions, variant, config, llm, items)
+            metadata |= plain_values({**variant_metadata, **tag_quality_metadata(variant_tagged, variant.name)}, variant.name)
+        sample = [
+            (row["title"], ", ".join(items.get(row["item_id"], [])), ", ".join(tagged.get(row["item_id"], [])))
+            for row in popular_kcore_items(layout.database_path, 8)
+        ]
+        return MaterializeResult(
+            metadata={
+                **metadata,
+                **tag_quality_metadata(tagged, "BETags"),
+                "sample": MetadataValue.md(markdown_table(["title", "base tags", "BETags"], sample, max_chars=120)),
+            }
+        )
+
+    return [base_tags, betags]
+
+
+def decode_variant(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    partitions: StaticPartitionsDefinition,
+    variant: BetagVariant,
+    config: BetagsRunConfig,
+    llm: LLMResource,
+    items: dict[str, list[str]],
+) -> tuple[dict, dict[str, list[str]]]:
+    """Decode ``variant`` for ``items`` (item -> canonical base tags) of the run's item shards
+    into the BETag shards. Returns (metadata, item -> aggregated tags)."""
+    layout = warehouse.layout
+    base = llm.load()  # a fresh copy: merging an adapter changes the weights it is given
+    tag_map, _ = tag_store.load_tag_map(layout)
+    if variant.finetuned:
+        pointer = tag_store.current_adapter(layout)
+        if pointer is None:
+            raise FileNotFoundError(
+                f"no behavior adapter in {layout.directory}: materialize llm/behavior_adapter "
+                "(the betag_pipeline job or `betag run`) before refreshing BETags"
+            )
+        adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
+    else:
+        adapter_id, model = "none", base
+    betag_config = to_dataclass(config, BetagConfig)
+    betag_config = replace(betag_config, decoding=variant_decoding(variant, betag_config.decoding))
+    table = tag_store.betag_table(layout, variant.name, adapter_id, base, betag_config, tag_map.vocabulary_id())
+    context.log.info(f"BETag variant {variant.name}: {betag_config.decoding.num_groups} group(s), adapter {adapter_id}")
+    counts = _each_item_shard(
+        context,
+        warehouse,
+        partitions,
+        "betags",
+        items,
+        lambda item_shard, members: betag_run(
+            model,
+            {item_id: tags for item_id, tags in items.items() if item_id in members},
+            table.for_item_shard(item_shard),
+            betag_config,
+            shard_size=config.shard_size,
+            log=context.log.info,
+            tag_map=tag_map,
+        ),
+    )
+    aggregated = tag_store.latest_by_item(table)
+    tagged = {item_id: [t["tag"] for t in aggregated[item_id]] for item_id in items if item_id in aggregated}
+    return {"adapter_id": adapter_id, **run_counts_metadata(counts)}, tagged
 
 
 @asset(
-    key=AssetKey(["llm", "tag_vocabulary"]),
-    deps=[AssetKey(["llm", "base_tags"])],
+    key=keys.TAG_VOCABULARY,
+    deps=[CURRENT_RAW_BASE_TAGS],
     group_name="llm",
     description=(
         "The canonical tag vocabulary: spelling variants unified, instruction echoes and tags on too many items "
@@ -186,24 +232,21 @@ def base_tags(context: AssetExecutionContext, config: BaseTagsConfig, llm: LLMRe
         "with the tags of new items, so existing items keep their canonical tags."
     ),
 )
-def tag_vocabulary(
-    context: AssetExecutionContext, config: TagVocabularyConfig, llm: LLMResource, warehouse: WarehouseResource
-):
+def tag_vocabulary(context: AssetExecutionContext, config: TagVocabularyRunConfig, warehouse: WarehouseResource):
     from dagster_betag.evaluation.text_encoder import TextEncoder
 
-    raw = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
+    layout = warehouse.layout
+    raw = tag_store.current_raw_base_tags(layout)
     vocabulary_config = to_dataclass(config, VocabularyConfig)
-    config_id = config_fingerprint(vocabulary_config)
-    stored, stored_config_id = load_tag_map(warehouse)
+    config_id = stable_hash(vocabulary_config, length=12)
+    stored, stored_config_id = tag_store.load_tag_map(layout)
     # the encoder loads only when a merge runs (a refresh without new tags needs none)
     encode = (lambda texts: TextEncoder().encode(texts)) if vocabulary_config.merge_threshold is not None else None
     if stored_config_id == config_id:
         tag_map = stored.extended(raw, vocabulary_config, encode)
     else:
-        tag_map = build_tag_map(raw, vocabulary_config, encode, instructions=PROMPT_INSTRUCTIONS)
-    path = tag_map_path(warehouse)
-    with replacing(path) as temporary:
-        tag_map.write(temporary, config_id)
+        tag_map = build_tag_map(raw, vocabulary_config, encode, instructions=tag_store.PROMPT_INSTRUCTIONS)
+    path = tag_store.write_tag_map(layout, tag_map, config_id)
     canonical = {item_id: tag_map.apply(tags) for item_id, tags in raw.items()}
     reasons = Counter(mapping.reason for mapping in tag_map.mappings.values())
     merges = sorted((m for m in tag_map.mappings.values() if m.reason != "kept"), key=lambda m: -m.n_items)[:15]
@@ -233,39 +276,22 @@ def tag_vocabulary(
 
 
 @asset(
-    key=AssetKey(["llm", "finetune_examples"]),
-    deps=[AssetKey(["marts", "fct_behavior_sessions"]), AssetKey(["llm", "tag_vocabulary"])],
+    key=keys.FINETUNE_EXAMPLES,
+    deps=[keys.model("marts", "fct_behavior_sessions"), CANONICAL_BASE_TAGS],
     group_name="llm",
     description="Next-item windows over train-only behavior sessions, items written as their base tags.",
 )
-def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesConfig, llm: LLMResource, warehouse: WarehouseResource):
-    tags = canonical_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
-    database = warehouse.layout.database_path
-    tagged = {item_id for item_id, item_tags in tags.items() if item_tags}
+def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesRunConfig, warehouse: WarehouseResource):
+    layout = warehouse.layout
+    tags = tag_store.current_base_tags(layout)
     windows = build_windows(
-        behavior_sessions(database), tagged, to_dataclass(config, WindowConfig), session_recency(database)
+        behavior_sessions(layout.database_path),
+        set(tags),
+        to_dataclass(config, WindowConfig),
+        session_recency(layout.database_path),
     )
-    frame = pl.DataFrame(
-        {
-            "example_id": [w.example_id for w in windows],
-            "session_id": [w.session_id for w in windows],
-            "context_item_ids": [list(w.context_item_ids) for w in windows],
-            "target_item_id": [w.target_item_id for w in windows],
-            "is_validation": [w.is_validation for w in windows],
-            "later_item_ids": [list(w.later_item_ids) for w in windows],
-        },
-        schema={
-            "example_id": pl.Utf8,
-            "session_id": pl.Utf8,
-            "context_item_ids": pl.List(pl.Utf8),
-            "target_item_id": pl.Utf8,
-            "is_validation": pl.Boolean,
-            "later_item_ids": pl.List(pl.Utf8),
-        },
-    )
-    path = warehouse.layout.landing_dir / "finetune_examples.parquet"
-    with replacing(path) as temporary:
-        frame.write_parquet(temporary)
+    frame = Window.to_frame(windows)
+    path = tag_store.write_frame(tag_store.finetune_examples_path(layout), frame)
     return MaterializeResult(
         metadata={
             "dagster/row_count": frame.height,
@@ -279,30 +305,21 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesCo
 
 
 @asset(
-    key=AssetKey(["llm", "behavior_adapter"]),
-    deps=[AssetKey(["llm", "finetune_examples"])],
+    key=keys.BEHAVIOR_ADAPTER,
+    deps=[keys.FINETUNE_EXAMPLES],
     group_name="llm",
     description="LoRA adapter finetuned to predict the next item's tags; saved under models/adapters/<id>/.",
 )
-def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm: LLMResource, warehouse: WarehouseResource):
-    loaded = llm.load()
-    tags = canonical_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse), loaded))
-    examples_path = warehouse.layout.landing_dir / "finetune_examples.parquet"
-    examples = pl.read_parquet(examples_path)
-    windows = [
-        Window(
-            row["example_id"],
-            row["session_id"],
-            tuple(row["context_item_ids"]),
-            row["target_item_id"],
-            row["is_validation"],
-            tuple(row.get("later_item_ids") or ()),
-        )
-        for row in examples.iter_rows(named=True)
-    ]
-    data_fingerprint = config_fingerprint(examples.hash_rows().sum(), sorted((k, tuple(v)) for k, v in tags.items()))
+def behavior_adapter(
+    context: AssetExecutionContext, config: BehaviorAdapterRunConfig, llm: LLMResource, warehouse: WarehouseResource
+):
+    layout = warehouse.layout
+    tags = tag_store.current_base_tags(layout)
+    examples = pl.read_parquet(tag_store.finetune_examples_path(layout))
+    windows = Window.from_frame(examples)
+    data_fingerprint = stable_hash(examples.hash_rows().sum(), sorted(tags.items()), length=12)
     artifact = finetune_run(
-        loaded,
+        llm.load(),
         windows,
         tags,
         to_dataclass(config, LoraConfig),
@@ -310,124 +327,31 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
         data_fingerprint=data_fingerprint,
         log=context.log.info,
     )
-    pointer = {
-        "adapter_id": artifact.adapter_id,
-        "folder": str(artifact.folder),
-        # the weekly re-finetune schedule compares this with the behavior that arrived since
-        "n_train_interactions": train_interaction_count(warehouse.layout),
-    }
-    with replacing(warehouse.layout.landing_dir / CURRENT_ADAPTER_FILE) as temporary:
-        temporary.write_text(json.dumps(pointer) + "\n")
+    tag_store.write_adapter_pointer(
+        layout,
+        {
+            "adapter_id": artifact.adapter_id,
+            "folder": str(artifact.folder),
+            "n_train_interactions": train_interaction_count(layout),
+        },
+    )
     manifest = artifact.manifest
     return MaterializeResult(
         metadata={
             "adapter_id": artifact.adapter_id,
             "folder": str(artifact.folder),
             "reused_existing_adapter": artifact.reused,
-            "n_train_examples": manifest["n_train_examples"],
-            "validation_loss_before": manifest["validation_loss_before"],
-            "validation_loss_after": manifest["validation_loss_after"],
-            "train_loss_first_step": manifest["train_loss_first_step"],
-            "train_loss_last_step": manifest["train_loss_last_step"],
-            "seconds": manifest["seconds"],
+            **{
+                name: manifest[name]
+                for name in (
+                    "n_train_examples",
+                    "validation_loss_before",
+                    "validation_loss_after",
+                    "train_loss_first_step",
+                    "train_loss_last_step",
+                    "seconds",
+                )
+            },
             "loss_curve": MetadataValue.md(markdown_image(artifact.loss_png, "loss curve")),
-        }
-    )
-
-
-def betag_scope(
-    warehouse: WarehouseResource, base_tagger, tag_map: TagMap, max_items: int | None
-) -> dict[str, list[str]]:
-    """item id -> canonical base tags, for the items in scope (most popular k-core first, then
-    new arrivals) that have base tags."""
-    raw = current_base_tags(warehouse, base_tagger)
-    scope = [row["item_id"] for row in tagging_scope(warehouse.layout.database_path, max_items)]
-    # an item whose base tags were all junk is still prompted with them: its beams are canonicalized
-    return {item_id: tag_map.apply(raw[item_id]) or raw[item_id] for item_id in scope if item_id in raw}
-
-
-def generate_variant(
-    context: AssetExecutionContext, variant: BetagVariant, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource
-) -> tuple[dict, dict[str, list[str]], dict[str, list[str]]]:
-    """Decode ``variant`` for the items in scope of the run's item shards into the BETag shards.
-
-    Returns (metadata, item -> base tags, item -> aggregated tags)."""
-    base = llm.load()
-    tag_map, _ = load_tag_map(warehouse)
-    items = betag_scope(warehouse, llm.base_tagger(api_cache_dir(warehouse), base), tag_map, config.max_items)
-    if variant.finetuned:
-        pointer = current_adapter(warehouse.layout)
-        if pointer is None:
-            raise FileNotFoundError(
-                f"no behavior adapter in {warehouse.layout.directory}: materialize llm/behavior_adapter "
-                "(the betag_pipeline job or `betag run`) before refreshing BETags"
-            )
-        adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
-    else:
-        adapter_id, model = "none", base
-    betag_config = variant.decoding_config(to_dataclass(config, BetagConfig))
-    table = ShardedTable(
-        warehouse.layout.landing_dir / "betags",
-        {
-            "variant": variant.name,
-            "adapter_id": adapter_id,
-            "model": base.name,
-            "precision": base.precision,
-            "prompt_version": BEHAVIOR_PROMPT_VERSION,
-            "decoding": config_fingerprint(betag_config),
-            "vocabulary_id": tag_map.vocabulary_id(),
-        },
-        version_column="input_hash",
-    )
-    context.log.info(f"BETag variant {variant.name}: {betag_config.num_groups} group(s), adapter {adapter_id}")
-    counts = RunCounts(0, 0, 0, 0.0)
-    for item_shard in context.partition_keys:
-        members = in_item_shard(items, item_shard)
-        with warehouse.writing(f"betags-{item_shard}", context.log.info):
-            counts += betag_run(
-                model,
-                {item_id: tags for item_id, tags in items.items() if item_id in members},
-                table.for_item_shard(item_shard),
-                betag_config,
-                shard_size=config.shard_size,
-                log=context.log.info,
-                tag_map=tag_map,
-            )
-    latest = table.read().sort("generated_at").unique("item_id", keep="last").filter(pl.col("item_id").is_in(list(items)))
-    tagged = {row["item_id"]: [t["tag"] for t in row["tags"]] for row in latest.iter_rows(named=True)}
-    return {"adapter_id": adapter_id, **run_counts_metadata(counts)}, items, tagged
-
-
-@asset(
-    key=AssetKey(["llm", "betags"]),
-    deps=[AssetKey(["llm", "behavior_adapter"]), AssetKey(["llm", "base_tags"])],
-    group_name="llm",
-    partitions_def=item_shards,
-    backfill_policy=BackfillPolicy.single_run(),
-    description=(
-        "BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated; "
-        "then the configured ablations of the poster's Table 3 (no_finetune, one_beam, neither). "
-        "Partitioned by item shard; items whose base tags and adapter are unchanged are not decoded again."
-    ),
-)
-def betags(context: AssetExecutionContext, config: BetagsConfig, llm: LLMResource, warehouse: WarehouseResource):
-    metadata, base_tags_of, tagged = generate_variant(context, FULL_BETAG, config, llm, warehouse)
-    sample = [
-        (row["title"], ", ".join(base_tags_of.get(row["item_id"], [])), ", ".join(tagged.get(row["item_id"], [])))
-        for row in popular_kcore_items(warehouse.layout.database_path, 8)
-    ]
-    for variant in (v for v in ABLATIONS if v.name in config.ablations):
-        variant_metadata, _, variant_tagged = generate_variant(context, variant, config, llm, warehouse)
-        quality = tag_quality_metadata(variant_tagged, variant.name)
-        metadata |= {
-            f"{variant.name}/{key}": value
-            for key, value in {**variant_metadata, **quality}.items()
-            if not isinstance(value, MetadataValue)
-        }
-    return MaterializeResult(
-        metadata={
-            **metadata,
-            **tag_quality_metadata(tagged, "BETags"),
-            "sample": MetadataValue.md(markdown_table(["title", "base tags", "BETags"], sample, max_chars=120)),
         }
     )

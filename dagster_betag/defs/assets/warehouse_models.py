@@ -25,6 +25,9 @@ class BetagDbtTranslator(DagsterDbtTranslator):
 
 LLM_OUTPUTS = "tag:llm_outputs"
 EVALUATION_OUTPUTS = "tag:evaluation_outputs"
+# the tables that later LLM stages read, built as soon as what they read from has landed
+BASE_TAG_GENERATIONS = "tag:base_tag_generations"
+CANONICAL_BASE_TAGS = "tag:canonical_base_tags"
 
 
 def dbt_build_step(name: str, doc: str, *, select: str = "fqn:*", exclude: str | None = None):
@@ -50,8 +53,21 @@ warehouse_models = dbt_build_step(
     "``dbt build`` of everything upstream of the LLM: staging, sequences, sessions, catalog.",
     exclude=f"{LLM_OUTPUTS} {EVALUATION_OUTPUTS}",
 )
+base_tag_generation_models = dbt_build_step(
+    "base_tag_generation_models",
+    "``dbt build`` of each item's current base-tag generation, which the tag vocabulary is built from.",
+    select=BASE_TAG_GENERATIONS,
+)
+canonical_base_tag_models = dbt_build_step(
+    "canonical_base_tag_models",
+    "``dbt build`` of marts.item_base_tags: the canonical base tags that finetuning and BETags read.",
+    select=CANONICAL_BASE_TAGS,
+)
 tag_models = dbt_build_step(
-    "tag_models", "``dbt build`` of the tag tables over the shards the LLM assets wrote.", select=LLM_OUTPUTS
+    "tag_models",
+    "``dbt build`` of the tag tables over the shards the LLM assets wrote.",
+    select=LLM_OUTPUTS,
+    exclude=f"{BASE_TAG_GENERATIONS} {CANONICAL_BASE_TAGS}",
 )
 evaluation_models = dbt_build_step(
     "evaluation_models",

@@ -1,25 +1,22 @@
--- The current base tags: each item's latest generation, one row per canonical tag. Raw tags
--- go through the tag vocabulary (spelling variants and near-duplicates become one tag, junk
--- is dropped); a raw tag the vocabulary has not seen yet stays as written.
+-- The current canonical base tags: each item's current generation, one row per canonical tag.
+-- Raw tags go through the tag vocabulary (spelling variants and near-duplicates become one
+-- tag, junk is dropped); a raw tag the vocabulary has not seen yet stays as written. The one
+-- definition of an item's base tags: the finetuning examples, the adapter and the BETag
+-- prompts read this table (built by its own dbt step, right after llm/tag_vocabulary).
+
+{{ config(tags=['canonical_base_tags']) }}
 
 with
 
-generations as (
+latest as (
 
-    select * from {{ ref('stg_base_tag_generations') }}
+    select * from {{ ref('int_base_tag_generations_current') }}
 
 ),
 
 vocabulary as (
 
     select * from {{ ref('stg_tag_vocabulary') }}
-
-),
-
-latest as (
-
-    select * from generations
-    qualify row_number() over (partition by item_id order by generated_at desc, prompt_version desc) = 1
 
 ),
 

@@ -1,3 +1,5 @@
+{{ config(tags=['base_tag_generations']) }}
+
 with
 
 source as (

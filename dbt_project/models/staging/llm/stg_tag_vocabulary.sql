@@ -1,3 +1,5 @@
+{{ config(tags=['canonical_base_tags']) }}
+
 with
 
 source as (

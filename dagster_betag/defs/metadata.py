@@ -1,0 +1,39 @@
+"""Asset metadata shared by the LLM assets: run counts and the figures that say whether tags
+are usable, with the chart of the most frequent ones."""
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from dagster import MetadataValue
+
+from dagster_betag.plots import markdown_image, tag_frequency_png
+from dagster_betag.shards import RunCounts
+
+
+def run_counts_metadata(counts: RunCounts) -> dict:
+    return {
+        "n_generated": counts.n_generated,
+        "n_new": counts.n_generated - counts.n_changed,
+        "n_changed": counts.n_changed,
+        "n_skipped_already_done": counts.n_skipped,
+        "seconds": round(counts.seconds, 1),
+        "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
+    }
+
+
+def tag_quality_metadata(tags_by_item: Mapping[str, Sequence[str]], what: str) -> dict:
+    """Coverage, tags per item, distinct tags, and the most frequent ones (junk shows there)."""
+    counts = Counter(tag for tags in tags_by_item.values() for tag in tags)
+    n_items = max(1, len(tags_by_item))
+    return {
+        "n_items_tagged": len(tags_by_item),
+        "share_with_3_tags": round(sum(len(t) >= 3 for t in tags_by_item.values()) / n_items, 4),
+        "mean_tags_per_item": round(sum(map(len, tags_by_item.values())) / n_items, 2),
+        "n_distinct_tags": len(counts),
+        "top_tags": MetadataValue.md(markdown_image(tag_frequency_png(counts.most_common(20), f"most frequent {what}"), what)),
+    }
+
+
+def plain_values(metadata: Mapping[str, object], prefix: str) -> dict:
+    """``metadata``'s scalar entries under ``prefix/`` (charts and tables left out)."""
+    return {f"{prefix}/{key}": value for key, value in metadata.items() if not isinstance(value, MetadataValue)}
