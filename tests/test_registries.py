@@ -9,6 +9,7 @@ then the evaluation library over it.
 from __future__ import annotations
 
 import gc
+import json
 import random
 import re
 import shutil
@@ -143,8 +144,7 @@ def add_tag_source(project_dir: Path, model_name: str, model_sql: str, entry: di
     last = yaml.safe_load(text)["vars"][TAG_SOURCES_VAR][-1]
     anchor = f"      description: {last['description']}\n"
     assert anchor in text, "the registry's last entry is not where this test adds a line"
-    line = "    - {" + ", ".join(f"{key}: {str(value).lower() if isinstance(value, bool) else value}" for key, value in entry.items()) + "}\n"  # fmt: skip
-    project_file.write_text(text.replace(anchor, anchor + line))
+    project_file.write_text(text.replace(anchor, f"{anchor}    - {json.dumps(entry)}\n"))  # JSON is YAML
 
 
 @dataclass(frozen=True)

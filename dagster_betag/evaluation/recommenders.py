@@ -14,7 +14,15 @@ import numpy as np
 
 from dagster_betag.evaluation.als import ALSConfig, ALSRecommender
 from dagster_betag.evaluation.data import EvalData
-from dagster_betag.evaluation.sasrec import Log, SASRec, SASRecConfig, SequentialRecommender, TrainingResult, rank_split, train
+from dagster_betag.evaluation.sasrec import (
+    Log,
+    SASRec,
+    SASRecConfig,
+    SequentialRecommender,
+    TrainingResult,
+    rank_split,
+    train,
+)
 from dagster_betag.evaluation.unisrec import UniSRec, UniSRecConfig
 
 
@@ -49,11 +57,14 @@ class Recommender:
         return self.config_type(max_epochs=max_epochs) if self.sequential else self.config_type()
 
     def settings(self, asked: Sequence[str]) -> tuple[str, ...]:
+        """The settings it ranks for a run that asks for ``asked``."""
         return tuple(asked) if self.sequential else ("user",)
 
 
 @dataclass
 class FittedSequential:
+    """SASRec's encoder (or UniSRec's) after early stopping, ranked by ``sasrec.rank_split``."""
+
     model: SequentialRecommender
     training: TrainingResult
 
@@ -63,6 +74,8 @@ class FittedSequential:
 
 @dataclass
 class FittedALS:
+    """ALS factors; with no sequence input, every setting ranks as "user"."""
+
     model: ALSRecommender
     training: None = None
 
@@ -70,11 +83,15 @@ class FittedALS:
         return self.model.rank_split(data, split, candidates)
 
 
-def fit_sasrec(data: EvalData, config: SASRecConfig, text_embeddings: np.ndarray | None, log: Log | None) -> FittedSequential:
+def fit_sasrec(
+    data: EvalData, config: SASRecConfig, text_embeddings: np.ndarray | None, log: Log | None
+) -> FittedSequential:
     return _trained(SASRec(data.n_items, config), data, "sasrec", log)
 
 
-def fit_unisrec(data: EvalData, config: UniSRecConfig, text_embeddings: np.ndarray | None, log: Log | None) -> FittedSequential:
+def fit_unisrec(
+    data: EvalData, config: UniSRecConfig, text_embeddings: np.ndarray | None, log: Log | None
+) -> FittedSequential:
     if text_embeddings is None or text_embeddings.shape[0] != data.n_items:
         shape = None if text_embeddings is None else text_embeddings.shape
         raise ValueError(f"unisrec needs text embeddings of shape ({data.n_items}, D), got {shape}")

@@ -282,7 +282,7 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
 def llm_tagged_items(data: EvalData, documents: Mapping[str, Mapping[str, Sequence]]) -> list[str]:
     """The catalog items with a base-tag generation (even if the tag vocabulary dropped all its
     tags) and, where the warehouse has BETags, with BETags."""
-    required = [source for source in ("betag",) if source in documents]
+    required = [source for source in (FULL_BETAG.tag_source,) if source in documents]
     generated = [source for source in ("base_raw", "base") if source in documents][:1]
     return [
         item_id
