@@ -14,8 +14,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
+from dagster_betag.evaluation.tag_sources import tag_source_names
 from dagster_betag.hashing import stable_hash
-from dagster_betag.evaluation.data import TAG_SOURCES
 from dagster_betag.warehouse import natively_tagged_items
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
 from tests.synthetic import (
@@ -169,7 +169,7 @@ def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
     beams = query(connection, "select item_id, count(*), bool_or(is_base_tags) from marts.item_betag_beams group by 1")
     assert len(beams) == n_kcore and all(n == 1 + 2 and has_base for _, n, has_base in beams)
     documents = query(connection, "select tag_source, count(*) from marts.item_tag_documents group by 1")
-    sources = list(TAG_SOURCES)
+    sources = list(tag_source_names())
     assert dict(documents) == dict.fromkeys(sources, n_kcore)
     # an item with base tags has tags from every LLM source (base tags are beam 0 of each generation)
     empty = query(
@@ -200,7 +200,7 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
         "from marts.eval_results where bucket = 'all' and not contains(tag_source, ':') group by all",
     )
     found = {(source, method, setting, protocol) for source, method, setting, protocol, *_ in cells}
-    sources = list(TAG_SOURCES)
+    sources = list(tag_source_names())
     expected = {
         (source, method, setting, protocol)
         for source in sources

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from dagster_betag.evaluation.bm25 import SparseBM25
 from dagster_betag.evaluation.data import EvalData, UserSequence
 from dagster_betag.evaluation.retrieval import (
-    METHODS,
     RetrievalConfig,
     build_queries,
     rank_targets,
     sample_candidate_sets,
     tie_broken_keys,
 )
+from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS
 from dagster_betag.evaluation.tokenize import TermIndex, tokenize
 
 DOCUMENTS = {
@@ -86,7 +86,7 @@ def test_tags_find_the_next_item_past_a_masked_history(method):
 def test_an_empty_query_ranks_by_popularity():
     # u3 (test, item setting): f has no tags. Unmasked: b 1, c 0, d 0, g 2 -> the target g is
     # first by popularity, where pessimistic ties alone would put it last (4th)
-    for method in METHODS:
+    for method in RETRIEVAL_METHODS:
         result = rank_targets(DATA, DOCUMENTS, method, "item", "test")
         assert result.ranks[2] == 1
     # u4 (test): masked g, e, a; its target b (1) is behind nothing more popular: c, d, f have 0
@@ -112,7 +112,7 @@ def test_sampled_candidate_sets_are_shared_and_reproducible():
     for user, candidates in zip(DATA.users, sets, strict=True):
         assert candidates[0] == DATA.index[user.test] and len(candidates) == 3
         assert not set(candidates[1:].tolist()) & set(DATA.indices(user.history("test")).tolist())
-    for method in METHODS:
+    for method in RETRIEVAL_METHODS:
         drawn = rank_targets(DATA, DOCUMENTS, method, "user", "test", "sampled", config)
         given_sets = rank_targets(DATA, DOCUMENTS, method, "user", "test", "sampled", config, candidate_sets=sets)
         assert np.array_equal(drawn.ranks, given_sets.ranks) and drawn.n_candidates == 3

@@ -10,8 +10,9 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
 from dagster_betag.defs.resources import WarehouseResource
-from dagster_betag.evaluation.data import LLM_TAG_SOURCES, EvaluationInputError, load_results
+from dagster_betag.evaluation.data import EvaluationInputError, load_results
 from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison
+from dagster_betag.evaluation.tag_sources import llm_tag_source_names
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
 BETAGS = AssetKey(["llm", "betags"])
@@ -67,7 +68,7 @@ betag_ablation_order = claim_check(
     description=f"Among items with base tags, at most {MAX_EMPTY_SHARE:.0%} have an empty document of any LLM tag source.",
 )
 def llm_tag_documents_not_empty(warehouse: WarehouseResource) -> AssetCheckResult:
-    sources = ", ".join(f"'{source}'" for source in LLM_TAG_SOURCES)
+    sources = ", ".join(f"'{source}'" for source in llm_tag_source_names())
     with connect_readonly(warehouse.layout.database_path) as connection:
         columns, rows = fetch_rows(
             connection,

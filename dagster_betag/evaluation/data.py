@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from dagster_betag.evaluation.tag_sources import in_display_order
 from dagster_betag.warehouse import connect_readonly, fetch_rows, fetch_value
 
 SPLITS = ("validation", "test")
@@ -19,12 +20,6 @@ SPLITS = ("validation", "test")
 
 class EvaluationInputError(ValueError):
     """The warehouse lacks what an evaluation needs (a one-line message for the user)."""
-
-# the tag sources of marts.item_tag_documents, in the order results are shown
-TAG_SOURCES = (
-    "native", "base", "base_raw", "betag", "betag_no_finetune", "betag_one_beam", "betag_neither", "propagated"
-)  # fmt: skip
-LLM_TAG_SOURCES = TAG_SOURCES[1:]
 
 
 @dataclass(frozen=True)
@@ -122,13 +117,12 @@ def load_tag_documents(database_path: Path, tag_source: str) -> dict[str, list[s
 
 
 def load_tag_sources(database_path: Path) -> list[str]:
-    """The tag sources with at least one non-empty document, in TAG_SOURCES order."""
+    """The tag sources with at least one non-empty document, in the registry's order."""
     with connect_readonly(database_path) as connection:
         _, rows = fetch_rows(
             connection, "select tag_source from marts.item_tag_documents group by tag_source having max(n_tags) > 0"
         )
-    present = {source for (source,) in rows}
-    return [source for source in TAG_SOURCES if source in present] + sorted(present - set(TAG_SOURCES))
+    return in_display_order(source for (source,) in rows)
 
 
 def load_betag_beams(database_path: Path) -> dict[str, ItemBeams]:
@@ -151,7 +145,7 @@ def load_tag_popularity(database_path: Path) -> dict[str, list[int]]:
     with connect_readonly(database_path) as connection:
         _, rows = fetch_rows(connection, "select tag_source, list(n_items) from marts.tag_vocabulary group by tag_source")
     counts = dict(rows)
-    return {source: counts[source] for source in TAG_SOURCES if source in counts}
+    return {source: counts[source] for source in in_display_order(counts)}
 
 
 EVAL_RESULTS_EXIST = (

@@ -9,21 +9,31 @@ from dataclasses import asdict
 
 import polars as pl
 
-from dagster_betag.evaluation.data import TAG_SOURCES
+from dagster_betag.evaluation.recommenders import RECOMMENDERS
+from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS, baseline_method_names, tag_method_names
 from dagster_betag.evaluation.runner import ALL_USERS, NO_TAGS, Evaluation, EvaluationConfig
+from dagster_betag.evaluation.tag_sources import in_display_order
+from dagster_betag.llm.variants import FULL_BETAG, VARIANTS, BetagVariant
 from dagster_betag.plots import curves_png, grouped_bars_png
 
-RETRIEVAL_METHODS = ("bm25", "birank")
-RECOMMENDERS = ("sasrec", "als", "unisrec")
-ABLATION_ORDER = ("betag", "betag_no_finetune", "betag_one_beam", "betag_neither")
-METHOD_LABELS = {
-    "popular": "Popular",
-    "bm25": "BM25",
-    "birank": "BiRank",
-    "sasrec": "SASRec",
-    "als": "ALS",
-    "unisrec": "UniSRec",
-}
+# Table 3's rows: the full method, then its ablations
+ABLATION_ORDER = tuple(variant.tag_source for variant in VARIANTS)
+
+
+def method_label(method: str) -> str:
+    """A retrieval method's or recommender's display name."""
+    entry = RETRIEVAL_METHODS.get(method) or RECOMMENDERS[method]
+    return entry.label
+
+
+def recommender_columns() -> list[str]:
+    """Table 2's columns: the ID-only recommenders, then those that read item texts."""
+    return sorted(RECOMMENDERS, key=lambda name: RECOMMENDERS[name].uses_text)
+
+
+def _variant_with(*, finetuned: bool, multi_beam: bool) -> BetagVariant:
+    """The Table 3 row with that finetuning and beam choice."""
+    return next(v for v in VARIANTS if (v.finetuned, v.multi_beam) == (finetuned, multi_beam))
 
 
 def results_frame(
@@ -47,8 +57,8 @@ def select(frame: pl.DataFrame, *, split: str = "test", protocol: str = "full", 
 
 
 def cell_values(frame: pl.DataFrame, method: str, setting: str, source: str, metric: str = "N@10") -> list[float]:
-    """One cell's value per seed (Popular's value whatever the source)."""
-    source_filter = pl.col("tag_source") == (NO_TAGS if method == "popular" else source)
+    """One cell's value per seed (a tag-free method's, such as Popular's, whatever the source)."""
+    source_filter = pl.col("tag_source") == (NO_TAGS if method in baseline_method_names() else source)
     cell = frame.filter(
         (pl.col("method") == method) & (pl.col("setting") == setting) & source_filter & (pl.col("metric") == metric)
     )
@@ -85,30 +95,32 @@ def poster_tables(frame: pl.DataFrame, *, split: str = "test") -> str:
         if chosen.is_empty():
             continue
         label = "full ranking" if protocol == "full" else "sampled: target + 99 random non-interacted items"
-        n_users = int(chosen.filter(pl.col("method") == "popular")["n_users"].max() or 0)
+        n_users = int(chosen.filter(pl.col("method").is_in(baseline_method_names()))["n_users"].max() or 0)
         parts.append(f"### {split}, {label} ({n_users} users, {int(chosen['n_candidates'].max())} candidates)\n")
-        sources = [s for s in TAG_SOURCES if s in set(chosen["tag_source"])]
-        parts.append(_table("Table 1: tag-based retrieval", chosen, RETRIEVAL_METHODS, ["popular", *sources]))
-        recommenders = [m for m in RECOMMENDERS if m in set(chosen["method"])]
+        sources = in_display_order(chosen["tag_source"])
+        baselines = baseline_method_names()
+        parts.append(_table("Table 1: tag-based retrieval", chosen, tag_method_names(), [*baselines, *sources]))
+        recommenders = [m for m in recommender_columns() if m in set(chosen["method"])]
         if recommenders:
             title = "Table 2: recommendation (mean±std over seeds)"
-            parts.append(_table(title, chosen, recommenders, ["popular", NO_TAGS, *sources]))
+            parts.append(_table(title, chosen, recommenders, [*baselines, NO_TAGS, *sources]))
         ablations = [s for s in ABLATION_ORDER if s in sources]
         if len(ablations) > 1:
-            parts.append(_table("Table 3: ablations", chosen, RETRIEVAL_METHODS, ablations))
+            parts.append(_table("Table 3: ablations", chosen, tag_method_names(), ablations))
     return "\n".join(parts)
 
 
 def _table(title: str, frame: pl.DataFrame, methods: Sequence[str], sources: Sequence[str]) -> str:
     columns = [(m, s, metric) for m in methods for s in ("user", "item") for metric in ("H@10", "N@10")]
-    header = "| tags | " + " | ".join(f"{METHOD_LABELS[m]} {s} {metric}" for m, s, metric in columns) + " |"
+    header = "| tags | " + " | ".join(f"{method_label(m)} {s} {metric}" for m, s, metric in columns) + " |"
     lines = [f"**{title}**\n", header, "|---" * (len(columns) + 1) + "|"]
     for source in sources:
-        method_override = "popular" if source == "popular" else None
-        values = [cell_values(frame, method_override or m, s, source, metric) for m, s, metric in columns]
+        # a tag-free method's row shows its one value under every column's setting and metric
+        baseline = source in baseline_method_names()
+        values = [cell_values(frame, source if baseline else m, s, source, metric) for m, s, metric in columns]
         if not any(values):
             continue
-        name = "Popular (no tags)" if source == "popular" else ("ID only" if source == NO_TAGS else source)
+        name = f"{method_label(source)} (no tags)" if baseline else ("ID only" if source == NO_TAGS else source)
         lines.append(f"| {name} | " + " | ".join(_seeds_cell(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -122,9 +134,9 @@ def betag_comparison(
     chosen = select(frame, bucket=bucket)
     lines = ["| method | setting | betag | " + " | ".join(rivals) + " | betag ahead |", "|---" * (4 + len(rivals)) + "|"]
     verdict = True
-    for method in RETRIEVAL_METHODS:
+    for method in tag_method_names():
         for setting in ("user", "item"):
-            betag = metric_value(chosen, method, setting, "betag")
+            betag = metric_value(chosen, method, setting, FULL_BETAG.tag_source)
             others = [metric_value(chosen, method, setting, rival) for rival in rivals]
             ahead = betag is not None and all(o is None or betag >= o for o in others)
             verdict &= ahead
@@ -145,13 +157,15 @@ def ablation_order(frame: pl.DataFrame) -> tuple[bool, str]:
     chosen = select(frame)
     lines = ["| method | setting | " + " | ".join(ABLATION_ORDER) + " | order holds |", "|---" * (3 + len(ABLATION_ORDER)) + "|"]
     verdict = True
-    for method in RETRIEVAL_METHODS:
+    for method in tag_method_names():
         for setting in ("user", "item"):
-            full, no_finetune, one_beam, neither = (metric_value(chosen, method, setting, s) for s in ABLATION_ORDER)
-            known = None not in (full, no_finetune, one_beam, neither)
-            holds = known and full > max(no_finetune, one_beam) and min(no_finetune, one_beam) > neither
+            values = {v: metric_value(chosen, method, setting, v.tag_source) for v in VARIANTS}
+            full, neither = values[FULL_BETAG], values[_variant_with(finetuned=False, multi_beam=False)]
+            singles = [value for variant, value in values.items() if variant.finetuned != variant.multi_beam]
+            known = None not in values.values()
+            holds = known and full > max(singles) and min(singles) > neither
             verdict &= bool(holds)
-            cells = " | ".join(_cell(v) for v in (full, no_finetune, one_beam, neither))
+            cells = " | ".join(_cell(v) for v in values.values())
             lines.append(f"| {method} | {setting} | {cells} | {'yes' if holds else 'no'} |")
     return verdict, "\n".join(lines)
 
@@ -159,14 +173,15 @@ def ablation_order(frame: pl.DataFrame) -> tuple[bool, str]:
 def method_bars_png(frame: pl.DataFrame) -> bytes:
     """N@10 per method and setting, one bar per tag source (test split, full ranking)."""
     chosen = select(frame)
-    sources = [s for s in TAG_SOURCES if s in set(chosen["tag_source"])]
+    sources = in_display_order(chosen["tag_source"])
     values = {}
-    for method in (*RETRIEVAL_METHODS, *RECOMMENDERS):
+    for method in (*tag_method_names(), *recommender_columns()):
         for setting in ("user", "item"):
             row = {s: metric_value(chosen, method, setting, s) for s in sources}
             row = {s: v for s, v in row.items() if v is not None}
             if row:
-                values[f"{METHOD_LABELS[method]}\n{setting}"] = {"popular": metric_value(chosen, "popular", setting, "")} | row
+                baselines = {b: metric_value(chosen, b, setting, "") for b in baseline_method_names()}
+                values[f"{method_label(method)}\n{setting}"] = baselines | row
     return grouped_bars_png(values, "N@10", "test N@10, full ranking")
 
 
@@ -178,5 +193,5 @@ def beam_curve_png(frame: pl.DataFrame) -> bytes | None:
     chosen = chosen.with_columns(pl.col("tag_source").str.extract(r"betag:(\d+)_beams").cast(pl.Int64).alias("beams"))
     curves = {}
     for (method, setting), group in chosen.sort("beams").group_by(["method", "setting"], maintain_order=True):
-        curves[f"{METHOD_LABELS[method]} {setting}"] = list(zip(group["beams"].to_list(), group["value"].to_list()))
+        curves[f"{method_label(method)} {setting}"] = list(zip(group["beams"].to_list(), group["value"].to_list()))
     return curves_png(curves, "generated beams aggregated", "N@10", "beam count vs N@10 (test, full ranking)")

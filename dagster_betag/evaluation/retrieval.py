@@ -7,10 +7,11 @@ recorded. The protocol is shared by every method and tag source:
 - settings: ``"user"``, the query is the tags of the user's most recent ``max_history_items``
   history items (``user.history(split)``); ``"item"``, the tags of the single item right before
   the target (``user.history(split)[-1]``). The target's own tags never enter the query.
-- methods: ``"bm25"`` (Okapi BM25 of the query against each item's tag document),
-  ``"birank"`` (BiRank propagation from the query's terms over the item-term graph whose edge
-  weights are the items' term frequencies, the same matrix BM25 reads) and
-  ``"popular"`` (train popularity alone, no tags: the baseline every tag method must beat).
+- methods: those of ``retrieval_methods.RETRIEVAL_METHODS``: ``"bm25"`` (Okapi BM25 of the
+  query against each item's tag document), ``"birank"`` (BiRank propagation from the query's
+  terms over the item-term graph whose edge weights are the items' term frequencies, the same
+  matrix BM25 reads) and ``"popular"`` (train popularity alone, no tags: the baseline every tag
+  method must beat).
 - masking: the user's whole split history is never ranked, in both settings and for every
   method (so "item" differs from "user" only in its query); the target is never masked.
 - ties: equal tag scores are ordered by train popularity, more popular first, and only what
@@ -35,14 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from dagster_betag.evaluation.birank import BiRank, BiRankResult
-from dagster_betag.evaluation.bm25 import SparseBM25
 from dagster_betag.evaluation.data import EvalData
 from dagster_betag.evaluation.metrics import CUTOFF, hit_at, ndcg_at, sampled_candidates, target_rank
+from dagster_betag.evaluation.retrieval_methods import ChunkScores, RetrievalMethod, retrieval_method
 from dagster_betag.evaluation.tokenize import DEFAULT_TOKENIZATION, Tag, TermIndex, tokenize
+from dagster_betag.knobs import knob
 
 SETTINGS = ("user", "item")
-METHODS = ("bm25", "birank", "popular")
 PROTOCOLS = ("full", "sampled")
 
 Documents = Mapping[str, Sequence[Tag]]
@@ -58,18 +58,20 @@ class RetrievalConfig:
     which would turn their ranking into a popularity ranking in disguise.
     """
 
-    tokenization: str = DEFAULT_TOKENIZATION
-    k1: float = 1.5  # BM25, rank_bm25's defaults
-    b: float = 0.75
-    epsilon: float = 0.25
-    alpha: float = 0.85  # BiRank
-    beta: float = 0.85
-    tol: float = 1e-8
-    max_iter: int = 200
-    max_history_items: int | None = 50
-    n_negatives: int = 99  # sampled protocol
-    seed: int = 0
-    chunk_size: int = 256  # queries scored at once: bounds the dense (chunk, n_items) score block
+    tokenization: str = knob(DEFAULT_TOKENIZATION, "How tags become terms: whole tags, their words, or both.")
+    k1: float = knob(1.5, "BM25 term-frequency saturation k1 (rank_bm25's default).")
+    b: float = knob(0.75, "BM25 document-length normalization b (rank_bm25's default).")
+    epsilon: float = knob(0.25, "BM25 IDF floor: negative IDFs become epsilon x the mean IDF (rank_bm25's default).")
+    alpha: float = knob(0.85, "BiRank damping of the item -> term hop.")
+    beta: float = knob(0.85, "BiRank damping of the term -> item hop.")
+    tol: float = knob(1e-8, "BiRank stops once no score changes by more than this.")
+    max_iter: int = knob(200, "BiRank's most updates per chunk of queries.")
+    max_history_items: int | None = knob(
+        50, "User-setting queries use the most recent this many history items (null: the whole history)."
+    )
+    n_negatives: int = knob(99, "Sampled protocol: random non-interacted items ranked with the target.")
+    seed: int = knob(0, "Seed of the sampled protocol's candidate sets.")
+    chunk_size: int = knob(256, "Queries scored at once: bounds the dense (chunk, n_items) score block.")
 
     def __post_init__(self) -> None:
         if self.max_history_items is not None and self.max_history_items < 1:
@@ -142,9 +144,9 @@ def rank_targets(
     candidate_sets: Sequence[np.ndarray] | None = None,
 ) -> RankResult:
     """The rank of every user's ``split`` target under ``method``; ``documents`` (item_id ->
-    tags) may be None for ``"popular"``. ``candidate_sets`` (sampled protocol only) reuses sets
-    from ``sample_candidate_sets``; by default they are drawn from ``config.seed``."""
-    _check(method, METHODS, "method")
+    tags) may be None for a tag-free method (``"popular"``). ``candidate_sets`` (sampled protocol
+    only) reuses sets from ``sample_candidate_sets``; by default they are drawn from ``config.seed``."""
+    scoring = retrieval_method(method)
     _check(setting, SETTINGS, "setting")
     _check(protocol, PROTOCOLS, "protocol")
     if not data.users:
@@ -155,33 +157,34 @@ def rank_targets(
         candidate_sets = sample_candidate_sets(data, split, config)
     if candidate_sets is not None and len(candidate_sets) != len(data.users):
         raise ValueError(f"{len(candidate_sets)} candidate sets for {len(data.users)} users")
-    if method != "popular" and documents is None:
+    if scoring.uses_tags and documents is None:
         raise ValueError(f"method {method!r} needs tag documents")
 
     targets = np.array([data.index[user.target(split)] for user in data.users], dtype=np.int64)
     histories = [data.indices(user.history(split)) for user in data.users]
     popularity = data.train_popularity()
-    queries = None if method == "popular" else build_queries(data, documents, setting, split, config)
+    # a tag-free method sees no tag: every item's document, and so every query, is empty
+    queries = build_queries(data, documents if scoring.uses_tags else {}, setting, split, config)
 
     ranks = np.empty(len(data.users), dtype=np.int64)
-    birank_runs: list[BiRankResult] = []
-    for start, scores, birank in _chunk_scores(data, queries, method, config):
-        if birank is not None:
-            birank_runs.append(birank)
-        keys = tie_broken_keys(scores, popularity)  # (chunk, n_items)
+    iterative_runs: list[ChunkScores] = []
+    for start, scores in _chunk_scores(queries, scoring, config):
+        if scores.iterations is not None:
+            iterative_runs.append(scores)
+        keys = tie_broken_keys(scores.items, popularity)  # (chunk, n_items)
         for user in range(start, start + len(keys)):
             candidates = None if candidate_sets is None else candidate_sets[user]
             ranks[user] = target_rank(keys[user - start], targets[user], masked=histories[user], candidates=candidates)
 
-    terms_per_query = np.zeros(len(data.users)) if queries is None else queries.counts.getnnz(axis=1)
+    terms_per_query = queries.counts.getnnz(axis=1)
     return RankResult(
         ranks=ranks,
         targets=targets,
         n_candidates=data.n_items if candidate_sets is None else max(len(c) for c in candidate_sets),
         empty_query_share=float(np.mean(terms_per_query == 0)),
         mean_query_terms=float(np.mean(terms_per_query)),
-        iterations=max(run.iterations for run in birank_runs) if birank_runs else None,
-        converged=all(run.converged for run in birank_runs) if birank_runs else None,
+        iterations=max(run.iterations for run in iterative_runs) if iterative_runs else None,
+        converged=all(run.converged for run in iterative_runs) if iterative_runs else None,
     )
 
 
@@ -216,25 +219,13 @@ def summarize_ranks(ranks: np.ndarray, cutoff: int = CUTOFF) -> dict[str, float]
 
 
 def _chunk_scores(
-    data: EvalData, queries: Queries | None, method: str, config: RetrievalConfig
-) -> Iterator[tuple[int, np.ndarray, BiRankResult | None]]:
-    """(first user, (chunk, n_items) scores, the BiRank run or None) per chunk of users."""
-    if method == "bm25":
-        bm25 = SparseBM25(queries.documents, k1=config.k1, b=config.b, epsilon=config.epsilon)
-    elif method == "birank":
-        birank = BiRank(
-            queries.documents, alpha=config.alpha, beta=config.beta, tol=config.tol, max_iter=config.max_iter
-        )
-    for start in range(0, len(data.users), config.chunk_size):
-        stop = min(start + config.chunk_size, len(data.users))
-        if method == "popular":
-            # no tag enters: every score is equal, so the tie rule alone ranks, by popularity
-            yield start, np.zeros((stop - start, data.n_items)), None
-        elif method == "bm25":
-            yield start, bm25.scores(queries.counts[start:stop]), None
-        else:
-            result = birank.rank(queries.counts[start:stop])
-            yield start, result.items, result
+    queries: Queries, method: RetrievalMethod, config: RetrievalConfig
+) -> Iterator[tuple[int, ChunkScores]]:
+    """(first user, its chunk's scores) per chunk of ``chunk_size`` users."""
+    scorer = method.build(queries.documents, config)
+    n_users = queries.counts.shape[0]
+    for start in range(0, n_users, config.chunk_size):
+        yield start, scorer.score(queries.counts[start : min(start + config.chunk_size, n_users)])
 
 
 def _query_items(data: EvalData, setting: str, split: str, max_history_items: int | None) -> sparse.csr_matrix:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,7 @@ from dagster_betag.evaluation.data import (
     load_tag_sources,
 )
 from dagster_betag.evaluation.metrics import CUTOFF
-from dagster_betag.evaluation.sasrec import SASRecConfig
-from dagster_betag.evaluation.sequential import run_seeds
-from dagster_betag.evaluation.text_encoder import TextEncoder
-from dagster_betag.evaluation.unisrec import UniSRecConfig, item_texts
-from dagster_betag.llm.betag import aggregate_beams
+from dagster_betag.evaluation.recommenders import RECOMMENDERS, recommender_named
 from dagster_betag.evaluation.retrieval import (
     PROTOCOLS,
     SETTINGS,
@@ -36,6 +32,13 @@ from dagster_betag.evaluation.retrieval import (
     sample_candidate_sets,
     summarize_ranks,
 )
+from dagster_betag.evaluation.retrieval_methods import baseline_method_names, tag_method_names
+from dagster_betag.evaluation.sequential import run_seeds
+from dagster_betag.evaluation.text_encoder import TextEncoder
+from dagster_betag.evaluation.unisrec import item_texts
+from dagster_betag.knobs import knob, nested
+from dagster_betag.llm.betag import aggregate_beams
+from dagster_betag.llm.variants import FULL_BETAG
 
 Log = Callable[[str], None]
 
@@ -54,28 +57,40 @@ class EvaluationConfig:
     the items that were base-tagged and, when there are BETags, have them (a quick run tags only
     the most popular ones), so every tag source is compared on the same catalog and users."""
 
-    splits: tuple[str, ...] = ("validation", "test")
-    settings: tuple[str, ...] = SETTINGS
-    protocols: tuple[str, ...] = PROTOCOLS
-    retrieval_methods: tuple[str, ...] = ("bm25", "birank")
-    head_share: float = 0.1
-    cold_share: float = 0.5
-    beam_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 40)  # Fig. 2a: those up to the decoded number
-    # BETags re-aggregated from every beam keeping the top k tags ("betag:top<k>"), and with each
-    # tag weighted by the beams that wrote it ("betag:weighted": weighted term frequencies in
-    # BM25, edge weights in BiRank); full ranking, every split
-    top_ks: tuple[int, ...] = (10, 15, 30)
-    weighted_betags: bool = True
-    # "betag:specific": generated tags that the beams of more than this share of the items
-    # write are dropped before aggregation (a finetuned small model writes its favourite tags
-    # for every item; they match every document and crowd the top-K); None: not measured
-    generic_tag_share: float | None = 0.1
-    recommenders: tuple[str, ...] = ("sasrec", "unisrec", "als")
-    unisrec_sources: tuple[str, ...] = ("native", "base", "betag", "propagated")
-    seeds: tuple[int, ...] = (0, 1, 2)  # recommender training seeds (test split only)
-    recommender_max_epochs: int = 10
-    restrict_to_llm_tagged: bool = True
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    splits: tuple[str, ...] = knob(("validation", "test"), "Splits to rank (leave-one-out).")
+    settings: tuple[str, ...] = knob(
+        SETTINGS, "Queries: user (recent history's tags) and/or item (the previous item's tags)."
+    )
+    protocols: tuple[str, ...] = knob(PROTOCOLS, "full (every catalog item) and/or sampled (target + negatives).")
+    retrieval_methods: tuple[str, ...] = knob(
+        tag_method_names(), "Tag-based retrieval methods run on every tag source (Popular always runs)."
+    )
+    head_share: float = knob(0.1, "The most popular share of the catalog (train interactions): the head bucket.")
+    cold_share: float = knob(0.5, "The least popular share of the catalog: the cold bucket.")
+    beam_counts: tuple[int, ...] = knob(
+        (1, 2, 4, 8, 16, 32, 40), "Fig. 2a: BETags from the first k beams, for those k up to the decoded number."
+    )
+    top_ks: tuple[int, ...] = knob(
+        (10, 15, 30), 'BETags re-aggregated from every beam keeping the top k tags ("betag:top<k>", full ranking).'
+    )
+    weighted_betags: bool = knob(
+        True, 'Also "betag:weighted": each tag weighted by the beams that wrote it (BM25 term frequencies, BiRank edges).'
+    )
+    # a finetuned small model writes its favourite tags for every item; they match every
+    # document and crowd the top-K
+    generic_tag_share: float | None = knob(
+        0.1, '"betag:specific": generated tags on more than this share of the items dropped (null: not measured).'
+    )
+    recommenders: tuple[str, ...] = knob(tuple(RECOMMENDERS), "Recommenders trained per seed (test split only).")
+    unisrec_sources: tuple[str, ...] = knob(
+        ("native", "base", "betag", "propagated"), "Tag sources whose item texts UniSRec is trained on, one run each."
+    )
+    seeds: tuple[int, ...] = knob((0, 1, 2), "Recommender training seeds (test split only).")
+    recommender_max_epochs: int = knob(10, "Most training epochs of the sequential recommenders.")
+    restrict_to_llm_tagged: bool = knob(
+        True, "Evaluate over the items with base tags (and BETags where there are), not the whole k-core."
+    )
+    retrieval: RetrievalConfig = nested(RetrievalConfig, "Tokenization, BM25/BiRank parameters, sampled protocol.")
 
 
 @dataclass(frozen=True)
@@ -139,17 +154,23 @@ def rank_rows(
 
 
 def evaluate_retrieval(
-    data: EvalData, documents_by_source: Mapping[str, Mapping[str, Sequence]], config: EvaluationConfig, log: Log
+    data: EvalData,
+    documents_by_source: Mapping[str, Mapping[str, Sequence]],
+    config: EvaluationConfig,
+    log: Log,
+    *,
+    baselines: bool = True,
 ) -> list[ResultRow]:
-    """Popular once, then every retrieval method on every tag source, for each split,
-    setting and protocol; the sampled candidate sets are drawn once per split and shared."""
+    """The tag-free methods (Popular) once unless not ``baselines``, then every retrieval method
+    on every tag source, for each split, setting and protocol; the sampled candidate sets are
+    drawn once per split and shared."""
     buckets = popularity_buckets(data, config.head_share, config.cold_share)
     rows: list[ResultRow] = []
     for split in config.splits:
         candidate_sets = sample_candidate_sets(data, split, config.retrieval)
         for protocol in config.protocols:
             sets = candidate_sets if protocol == "sampled" else None
-            runs = [("popular", NO_TAGS, None)] + [
+            runs = [(method, NO_TAGS, None) for method in (baseline_method_names() if baselines else ())] + [
                 (method, source, documents)
                 for source, documents in documents_by_source.items()
                 for method in config.retrieval_methods
@@ -241,18 +262,18 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
     log(f"evaluating {len(sources)} tag sources on {data.n_items} items and {len(data.users)} users")
     rows = evaluate_retrieval(data, documents, config, log)
     beam_counts: list[int] = []
-    if "betag" in sources:
+    if FULL_BETAG.tag_source in sources:
         beams = load_betag_beams(database_path)
         decoded = max((len(b.generated) for b in beams.values()), default=0)
-        top_k = max(len(tags) for tags in documents["betag"].values())
+        top_k = max(len(tags) for tags in documents[FULL_BETAG.tag_source].values())
         beam_counts = [k for k in config.beam_counts if k < decoded] + [decoded]
         curve = replace(config, protocols=("full",))
         for k in beam_counts:
             prefix = {f"betag:{k}_beams": beam_prefix_documents(beams, k, top_k)}
-            rows += [row for row in evaluate_retrieval(data, prefix, curve, log) if row.method != "popular"]
+            rows += evaluate_retrieval(data, prefix, curve, log, baselines=False)
         levers = replace(config, protocols=("full",))
         variants = betag_variant_documents(beams, top_k, config)
-        rows += [row for row in evaluate_retrieval(data, variants, levers, log) if row.method != "popular"]
+        rows += evaluate_retrieval(data, variants, levers, log, baselines=False)
     if config.recommenders:
         rows += evaluate_recommenders(data, documents, config, log)
     return Evaluation(rows, data, sources, beam_counts)
@@ -261,7 +282,7 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
 def llm_tagged_items(data: EvalData, documents: Mapping[str, Mapping[str, Sequence]]) -> list[str]:
     """The catalog items with a base-tag generation (even if the tag vocabulary dropped all its
     tags) and, where the warehouse has BETags, with BETags."""
-    required = [source for source in ("betag",) if source in documents]
+    required = [source for source in (FULL_BETAG.tag_source,) if source in documents]
     generated = [source for source in ("base_raw", "base") if source in documents][:1]
     return [
         item_id
@@ -285,7 +306,7 @@ def evaluate_recommenders(
     }
     runs: list[tuple[str, str, np.ndarray | None]] = []
     for kind in config.recommenders:
-        if kind != "unisrec":
+        if not recommender_named(kind).uses_text:
             runs.append((kind, NO_TAGS, None))
             continue
         encoder = TextEncoder()
@@ -294,9 +315,7 @@ def evaluate_recommenders(
     rows: list[ResultRow] = []
     targets = data.indices([user.test for user in data.users])
     for kind, source, text in runs:
-        model_config = None
-        if kind != "als":
-            model_config = (UniSRecConfig if kind == "unisrec" else SASRecConfig)(max_epochs=config.recommender_max_epochs)
+        model_config = recommender_named(kind).config(config.recommender_max_epochs)
         seed_runs = run_seeds(data, kind, protocols, "test", text, config.seeds, model_config, log, config.settings)
         for run in seed_runs:
             for (setting, protocol), ranks in run.ranks.items():

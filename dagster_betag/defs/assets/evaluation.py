@@ -10,7 +10,9 @@ from dagster_betag.defs.config import EvaluationRunConfig, to_dataclass
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
 from dagster_betag.evaluation.data import load_tag_popularity
 from dagster_betag.evaluation.report import beam_curve_png, method_bars_png, poster_tables, results_frame
+from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS, tag_method_names
 from dagster_betag.evaluation.runner import EvaluationConfig, evaluate_warehouse
+from dagster_betag.evaluation.tag_sources import tag_source_names
 from dagster_betag.llm.pipeline import now_text
 from dagster_betag.plots import markdown_image, rank_frequency_png
 from dagster_betag.shards import ShardedTable
@@ -27,8 +29,9 @@ EVAL_RESULTS_FOLDER = "eval_results"
     ],
     group_name="evaluation",
     description=(
-        "H@10 / N@10 of every tag source (native, base, BETag, ablations, count-based) under BM25 and BiRank "
-        "retrieval, user- and item-based, full ranking and sampled; one results shard per run."
+        f"H@10 / N@10 of every tag source ({', '.join(tag_source_names())}) under "
+        f"{' and '.join(RETRIEVAL_METHODS[name].label for name in tag_method_names())} retrieval, "
+        "user- and item-based, full ranking and sampled; one results shard per run."
     ),
 )
 def eval_results(

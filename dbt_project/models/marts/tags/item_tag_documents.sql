@@ -1,5 +1,7 @@
 -- One tag document per k-core item and tag source, for retrieval: the tags in rank order.
--- Items without tags of a source get an empty document rather than no row.
+-- Items without tags of a source get an empty document rather than no row. The sources are
+-- the betag_tag_sources var (dbt_project.yml): each one's model holds (item_id, tags), and a
+-- BETag variant's rows are those of its variant.
 
 with
 
@@ -10,72 +12,16 @@ items as (
 
 ),
 
-native as (
-
-    select item_id, list(tag order by n_taggings desc, tag) as tags
-    from {{ ref('fct_item_native_tags') }}
-    group by item_id
-
-),
-
-base as (
-
-    select item_id, list(tag order by tag_rank) as tags
-    from {{ ref('item_base_tags') }}
-    group by item_id
-
-),
-
--- the base tags as generated, before the tag vocabulary (to measure what it changes)
-base_raw as (
-
-    select item_id, tags
-    from {{ ref('stg_base_tag_generations') }}
-    qualify row_number() over (partition by item_id order by generated_at desc, prompt_version desc) = 1
-
-),
-
-betag as (
-
-    select item_id, list(tag order by tag_rank) as tags
-    from {{ ref('item_betags') }}
-    group by item_id
-
-),
-
--- the Table 3 ablations, each item's latest generation of the variant
-betag_ablations as (
-
-    select
-        'betag_' || variant as tag_source,
-        item_id,
-        list_transform(tags, lambda weighted: weighted.tag) as tags
-    from {{ ref('int_betag_generations_selected') }}
-    where variant <> 'betag'
-
-),
-
-propagated as (
-
-    select item_id, list(tag order by tag_rank) as tags
-    from {{ ref('item_propagated_tags') }}
-    group by item_id
-
-),
-
 sources as (
 
-    select 'native' as tag_source, * from native
-    union all
-    select 'base' as tag_source, * from base
-    union all
-    select 'base_raw' as tag_source, * from base_raw
-    union all
-    select 'betag' as tag_source, * from betag
-    union all
-    select * from betag_ablations
-    union all
-    select 'propagated' as tag_source, * from propagated
+    {% for source in tag_sources() %}
+    select '{{ source.name }}' as tag_source, item_id, tags
+    from {{ ref(source.model) }}
+    {%- if source.betag_variant is defined %}
+    where variant = '{{ source.betag_variant }}'
+    {%- endif %}
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
 
 ),
 
@@ -83,9 +29,9 @@ source_names as (
 
     select * from (
         values
-            ('native'), ('base'), ('base_raw'), ('betag'),
-            ('betag_no_finetune'), ('betag_one_beam'), ('betag_neither'),
-            ('propagated')
+        {%- for name in tag_source_names() %}
+            ('{{ name }}'){{ "," if not loop.last }}
+        {%- endfor %}
     ) as t(tag_source)
 
 ),
