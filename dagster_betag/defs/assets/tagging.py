@@ -24,11 +24,11 @@ from dagster_betag.defs.config import (
 from dagster_betag.defs.partitions import item_shards
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
 from dagster_betag.files import replacing
+from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.api import ApiTagger
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import BetagConfig, variant_decoding
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
-from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import (
