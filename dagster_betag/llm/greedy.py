@@ -35,7 +35,7 @@ def generate_batch(
     decoded greedily under the entry rules; rows leave the batch as they finish."""
     tokenizer, model = llm.tokenizer, llm.model
     pad = tokenizer.pad_token_id
-    input_ids, attention_mask = prefixed_batch(prefix_ids, suffixes, pad, model.device)
+    input_ids, attention_mask = prefixed_batch(prefix_ids, suffixes, pad, model.device)  # (N, P) each
 
     eos = end_of_turn_ids(llm)
     tracker = EntryTracker(
@@ -63,7 +63,7 @@ def generate_batch(
     prompt_length = input_ids.shape[1]
     answers: list[list[int]] = [[] for _ in suffixes]
     alive = list(range(len(suffixes)))  # batch rows still generating, by their original index
-    sequences, mask = input_ids, attention_mask
+    sequences, mask = input_ids, attention_mask  # (n alive rows, P + t) each
     generated = 0
     if config.drop_finished_every:
         # an entry takes at least 3 tokens ("2", ".", " word") plus a separator: no row stops
