@@ -22,6 +22,7 @@ from dagster_betag import settings
 from dagster_betag.llm.base_tags import BaseTagConfig, generate_base_tags
 from dagster_betag.llm.behavior import prompt_text
 from dagster_betag.llm.betag import BetagConfig, generate_betags
+from dagster_betag.llm.decoding import DiverseBeamConfig
 from dagster_betag.llm.model import LLMConfig, load_llm
 from dagster_betag.llm.prompts import ItemDescription, base_tag_prompt
 from dagster_betag.llm.tags import format_tags
@@ -70,14 +71,14 @@ def main() -> None:
     texts, seconds = timed(lambda: naive_generate(llm, prompts, base_config.max_new_tokens))
     table.append(("base tags, naive loop", len(items), seconds, count_tokens(llm.tokenizer, texts)))
 
-    betag_config = BetagConfig(num_groups=args.groups)
+    betag_config = BetagConfig(decoding=DiverseBeamConfig(num_groups=args.groups))
     pairs = [(item.item_id, item_tags) for item, item_tags in zip(items, tags)]
     results, seconds = timed(lambda: generate_betags(llm, pairs, betag_config))
     tokens = count_tokens(llm.tokenizer, [text for r in results for text in r.beam_texts])
     table.append((f"BETags, {args.groups} diverse groups (pipeline)", len(items), seconds, tokens))
     betag_prompts = [prompt_text(llm.tokenizer, [t]) for t in tags]
     texts, seconds = timed(
-        lambda: [t for _ in range(args.groups) for t in naive_generate(llm, betag_prompts, betag_config.max_new_tokens)]
+        lambda: [t for _ in range(args.groups) for t in naive_generate(llm, betag_prompts, betag_config.decoding.max_new_tokens)]
     )
     table.append((f"BETags, naive loop x {args.groups}", len(items), seconds, count_tokens(llm.tokenizer, texts)))
 

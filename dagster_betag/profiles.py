@@ -5,8 +5,10 @@ ablations and trains the recommenders of the evaluation with one seed (minutes o
 laptop); full tags the whole k-core catalog, decodes the ablations and trains three seeds.
 """
 
+from dagster_betag.llm.variants import ABLATION_NAMES
+
 QUICK_PROFILE_ITEMS = 200
-ALL_ABLATIONS = ["no_finetune", "one_beam", "neither"]
+ALL_ABLATIONS = list(ABLATION_NAMES)  # a list, as the run config takes it
 
 PROFILES: dict[str, dict] = {
     "quick": {"max_items": QUICK_PROFILE_ITEMS, "max_examples": 96, "seeds": [0], "ablations": []},

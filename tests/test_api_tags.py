@@ -313,7 +313,8 @@ FILMS = [
     reason="needs llama-cpp-python's server: pip install -e '.[api-server]'",
 )
 def test_llama_cpp_server_tags_real_films(tmp_path):
-    from dagster_betag.llm.model import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EMBEDDED_MODELS, find_embedded_gguf
+    from dagster_betag.llm.model import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EMBEDDED_MODELS
+    from dagster_betag.llm.weights import find_embedded_gguf
 
     gguf = find_embedded_gguf(EMBEDDED_MODELS[DEFAULT_MODEL], DEFAULT_CACHE_DIR)
     port = _free_port()

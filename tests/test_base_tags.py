@@ -16,15 +16,12 @@ from transformers import LlamaForCausalLM
 
 from dagster_betag.llm.base_tags import (
     BaseTagConfig,
-    EnoughTags,
-    EntryTracker,
-    LowercaseOnly,
-    RepetitionBan,
     catalog_attribute_values,
     generate_base_tag_texts,
     generate_base_tags,
-    token_table,
 )
+from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly, RepetitionBan
+from dagster_betag.llm.tokens import token_table
 from dagster_betag.llm.model import LLMConfig, LoadedLLM, load_llm
 from dagster_betag.llm.prefix import split_shared_prefix
 from dagster_betag.llm.prompts import (

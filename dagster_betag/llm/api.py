@@ -34,12 +34,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from dagster_betag.files import replacing
+from dagster_betag.knobs import DESCRIPTION, knob
 from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, tags_from_answer
 from dagster_betag.llm.model import FINGERPRINT_CHARS
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, base_tag_messages
@@ -55,34 +56,32 @@ class ApiError(RuntimeError):
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """Where the chat-completions endpoint is and how to talk to it.
+    """Where the chat-completions endpoint is and how to talk to it."""
 
-    - ``base_url``: the API root that OpenAI clients take (``http://127.0.0.1:8000/v1``);
-      requests go to ``<base_url>/chat/completions``.
-    - ``model``: the model name the server serves; it names the tags' shards.
-    - ``api_key_env``: the environment variable holding the key, sent as a bearer token when
-      set; the key itself stays out of configs, cache keys and messages.
-    - ``max_concurrency``: requests in flight at once.
-    - ``max_retries``: how often a request is sent again after a connection error, a timeout,
-      429 or 5xx.
-    - ``backoff_s``: the wait before the first resend, doubled for each later one and jittered
-      (x0.5-1.5) so that threads that failed together do not retry together; a ``Retry-After``
-      header replaces it.
-    - ``timeout_s``: per request.
-    - ``temperature``: 0 gives greedy answers, as local decoding does (and is what makes
-      caching answers sound).
-    - ``max_tokens``: cap on each answer; None takes the ``BaseTagConfig``'s ``max_new_tokens``.
-    """
-
-    base_url: str
-    model: str
-    api_key_env: str = DEFAULT_API_KEY_ENV
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
-    temperature: float = 0.0
-    max_tokens: int | None = None
+    base_url: str = field(
+        metadata={
+            DESCRIPTION: "The API root that OpenAI clients take (http://127.0.0.1:8000/v1); requests go to "
+            "<base_url>/chat/completions."
+        }
+    )
+    model: str = field(metadata={DESCRIPTION: "The model name the server serves; it names the tags' shards."})
+    api_key_env: str = knob(
+        DEFAULT_API_KEY_ENV,
+        "The environment variable holding the key, sent as a bearer token when set; the key itself stays out of "
+        "configs, cache keys and messages.",
+    )
+    max_concurrency: int = knob(DEFAULT_MAX_CONCURRENCY, "Requests in flight at once.")
+    max_retries: int = knob(5, "How often a request is sent again after a connection error, a timeout, 429 or 5xx.")
+    backoff_s: float = knob(
+        1.0,
+        "The wait before the first resend, doubled for each later one and jittered (x0.5-1.5) so that threads that "
+        "failed together do not retry together; a Retry-After header replaces it.",
+    )
+    timeout_s: float = knob(60.0, "Seconds per request.")
+    temperature: float = knob(
+        0.0, "0 gives greedy answers, as local decoding does (and is what makes caching answers sound)."
+    )
+    max_tokens: int | None = knob(None, "Cap on each answer; null takes the BaseTagConfig's max_new_tokens.")
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -133,11 +132,8 @@ class AnswerCache:
 
 
 class ApiTagger:
-    """Base tags from a model behind an OpenAI-compatible API.
-
-    Offers what the pipeline reads from a ``LoadedLLM`` to key shards (``name``,
-    ``fingerprint``, ``precision``) and the same ``generate_base_tags`` contract as local
-    generation, so ``pipeline.base_tag_run`` takes either.
+    """Base tags from a model behind an OpenAI-compatible API: a ``tagger.Tagger``, as the local
+    ``LoadedLLM`` is, so ``pipeline.base_tag_run`` takes either.
     """
 
     # the server's weights and quantization are not visible through the API; the name says where tags came from

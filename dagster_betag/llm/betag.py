@@ -11,116 +11,71 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from dagster_betag.llm.base_tags import TokenTable, end_of_turn_ids, token_table
+from dagster_betag.knobs import knob, nested
 from dagster_betag.llm.behavior import prompt_text
-from dagster_betag.llm.constrained import chain_processors, vocabulary_constraint
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
 from dagster_betag.llm.prefix import prefix_cache, prefixed_batch, split_shared_prefix
-from dagster_betag.llm.tags import clean_text, parse_tags, split_open_entry
+from dagster_betag.llm.rules import chain_rules
+from dagster_betag.llm.rules.beams import BeamTagRules
+from dagster_betag.llm.rules.vocabulary import vocabulary_constraint
+from dagster_betag.llm.tags import parse_tags, split_open_entry
+from dagster_betag.llm.tokens import end_of_turn_ids, token_table
+from dagster_betag.llm.variants import BetagVariant
 from dagster_betag.llm.vocabulary import TagMap
 
 
 @dataclass(frozen=True)
 class BetagConfig:
-    """Decoding and aggregation knobs (the official run: 40 groups of 1 beam, lambda 1.0,
-    64 new tokens; the defaults here fit a 2-core CPU)."""
+    """BETag knobs: the decoding (diverse beam search) and what is done around it."""
 
-    num_groups: int = 4
-    beams_per_group: int = 1
-    diversity_penalty: float = 1.0
-    min_new_tokens: int = 0
-    max_new_tokens: int = 32
-    top_k: int = 15  # tags kept per item after aggregation
-    # decoded rows per batch (items x groups x beams): per-step overhead dominates small
-    # batches on CPU (measured here: 4 groups, 8 -> 32 items per batch: 0.90 -> 0.67 s/item;
-    # 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item; 4 groups, 32 -> 64 items: 0.387 -> 0.355)
-    batch_rows: int = 256
-    include_base_tags: bool = True  # the base tags count as beam 0
-    # a beam ends (EOS forced) once it has written this many distinct tags; None for no cap.
-    # The finetuning targets hold at most 8 base tags; without a cap, the few beams that
-    # loop ("comedy, laughs, laughs, laughs, ...") keep their whole batch decoding to
-    # max_new_tokens.
-    max_tags_per_beam: int | None = 8
-    # a beam cannot end an entry (separator or EOS) that repeats one of its earlier entries,
-    # so its tokens go to tags it has not written yet ("family, family, family" is one tag)
-    ban_repeated_tags: bool = True
-    # run the behavior instruction that starts every prompt once per call, not once per item
-    # (same beams; prefill of that text otherwise costs about as much as the decoding)
-    share_prompt_prefix: bool = True
-    # beams may only write tags of the canonical vocabulary (a prefix trie over its tokenized
-    # tags, applied inside the beam search), so every BETag can match another item's document
-    constrain_to_vocabulary: bool = True
-    # ... to the canonical tags of at least this many items: a tag of one item can only ever
-    # match that item, and the 135M model's one-off tags are mostly junk ("adventure-1")
-    vocabulary_min_items: int = 1
+    decoding: DiverseBeamConfig = nested(
+        DiverseBeamConfig, "Diverse beam search: groups, beams, penalties, token limits."
+    )
+    top_k: int = knob(15, "Tags kept per item after aggregation.")
+    batch_rows: int = knob(
+        256,
+        # per-step overhead dominates small batches on CPU (measured here: 4 groups, 8 -> 32 items per batch:
+        # 0.90 -> 0.67 s/item; 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item; 4 groups, 32 -> 64 items: 0.387 -> 0.355)
+        "Decoded rows per batch (items x groups x beams).",
+    )
+    include_base_tags: bool = knob(True, "The base tags count as beam 0 in the aggregation.")
+    max_tags_per_beam: int | None = knob(
+        8,
+        "A beam ends (EOS forced) once it has written this many distinct tags; null for no cap. The finetuning "
+        "targets hold at most 8 tags; without a cap, the few beams that loop ('laughs, laughs, ...') keep their "
+        "whole batch decoding to max_new_tokens.",
+    )
+    ban_repeated_tags: bool = knob(
+        True,
+        "A beam cannot end an entry (separator or EOS) that repeats one of its earlier entries, so its tokens go to "
+        "tags it has not written yet.",
+    )
+    share_prompt_prefix: bool = knob(
+        True,
+        "Run the behavior instruction that starts every prompt once per call, not once per item (same beams; its "
+        "prefill otherwise costs about as much as the decoding).",
+    )
+    constrain_to_vocabulary: bool = knob(
+        True,
+        "Beams may only write tags of the canonical vocabulary (a prefix trie over its tokenized tags, applied inside "
+        "the beam search), so every BETag can match another item's document.",
+    )
+    vocabulary_min_items: int = knob(
+        1,
+        "... to the canonical tags of at least this many items: a tag of one item can only ever match that item, and "
+        "the 135M model's one-off tags are mostly junk ('adventure-1').",
+    )
 
     @property
     def items_per_batch(self) -> int:
-        return max(1, self.batch_rows // (self.num_groups * self.beams_per_group))
-
-    def decoding(self) -> DiverseBeamConfig:
-        return DiverseBeamConfig(
-            num_groups=self.num_groups,
-            beams_per_group=self.beams_per_group,
-            diversity_penalty=self.diversity_penalty,
-            min_new_tokens=self.min_new_tokens,
-            max_new_tokens=self.max_new_tokens,
-        )
+        """batch_rows // (G * B), at least 1."""
+        return max(1, self.batch_rows // (self.decoding.num_groups * self.decoding.beams_per_group))
 
 
-@dataclass(frozen=True)
-class BetagVariant:
-    """A row of the poster's Table 3: whether the finetuned model decodes, and whether it
-    decodes several diverse beams (else one greedy beam)."""
-
-    name: str
-    finetuned: bool
-    multi_beam: bool
-
-    def decoding_config(self, config: BetagConfig) -> BetagConfig:
-        return config if self.multi_beam else replace(config, num_groups=1, beams_per_group=1)
-
-
-FULL_BETAG = BetagVariant("betag", finetuned=True, multi_beam=True)
-ABLATIONS = (
-    BetagVariant("no_finetune", finetuned=False, multi_beam=True),
-    BetagVariant("one_beam", finetuned=True, multi_beam=False),
-    BetagVariant("neither", finetuned=False, multi_beam=False),
-)
-
-
-class BeamTagRules:
-    """Logits processor for BETag beams: caps the tags per beam and bans repeated entries.
-
-    Stateless: every step it re-reads each running beam's generated tokens (beams are
-    reordered between steps, so per-row state would have to follow them). Tokens are read
-    through the tokenizer's ``TokenTable`` (each token's text), not decoded.
-    """
-
-    def __init__(self, table: TokenTable, eos_ids: Sequence[int], prompt_length: int, config: BetagConfig):
-        self.table = table
-        self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
-        self.ends_entry = torch.cat([table.separator_ids, self.eos]).unique()
-        self.prompt_length = prompt_length
-        self.config = config
-
-    def __call__(self, sequences: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-        """(rows, P + t) prompt + generated ids, (rows, V) log-probs -> (rows, V)."""
-        if sequences.shape[1] == self.prompt_length:
-            return log_probs
-        eos, ends_entry = self.eos.to(log_probs.device), self.ends_entry.to(log_probs.device)
-        log_probs = log_probs.clone()
-        texts, cap = self.table.texts, self.config.max_tags_per_beam
-        for row, ids in enumerate(sequences[:, self.prompt_length :].tolist()):
-            finished, current = split_open_entry("".join(texts[i] for i in ids))
-            written = {clean_text(entry) for entry in finished} - {""}
-            if cap is not None and len(written) >= cap:
-                keep = log_probs[row, eos].clone()
-                log_probs[row] = -torch.inf
-                log_probs[row, eos] = keep
-            elif self.config.ban_repeated_tags and clean_text(current) in written:
-                log_probs[row, ends_entry] = -torch.inf
-        return log_probs
+def variant_decoding(variant: BetagVariant, decoding: DiverseBeamConfig) -> DiverseBeamConfig:
+    """The decoding of a Table 3 variant: ``decoding`` itself, or one group of one beam for the
+    single-beam variants (greedy, as the diversity penalty then has nothing to push against)."""
+    return decoding if variant.multi_beam else replace(decoding, num_groups=1, beams_per_group=1)
 
 
 def unfinished_entry_dropped(text: str, finished: bool) -> str:
@@ -200,13 +155,19 @@ def generate_betags(
             llm.model,
             input_ids,
             attention_mask,
-            config.decoding(),
+            config.decoding,
             eos_token_id=eos_ids,
             pad_token_id=tokenizer.pad_token_id,
             # the tag cap first: the constraint then keeps the EOS it leaves (the other way round
             # the cap would copy an EOS the constraint had already banned after a separator)
-            logits_processor=chain_processors(
-                BeamTagRules(table, eos_ids, input_ids.shape[1], config),
+            logits_processor=chain_rules(
+                BeamTagRules(
+                    table,
+                    eos_ids,
+                    input_ids.shape[1],
+                    max_tags=config.max_tags_per_beam,
+                    ban_repeated=config.ban_repeated_tags,
+                ),
                 vocabulary_constraint(tokenizer, vocabulary, eos_ids, input_ids.shape[1]) if vocabulary else None,
             ),
             prefix_cache=shared_cache,

@@ -14,31 +14,41 @@ K = candidates kept per group and step.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from dagster_betag.knobs import knob
 from dagster_betag.llm.prefix import repeated_cache
+from dagster_betag.llm.rules import LogitsRule
 
 if TYPE_CHECKING:
     from transformers import Cache
 
-# (rows, P + t) token ids so far, (rows, V) next-token log-probs -> (rows, V) processed log-probs
-LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
-
-
 @dataclass(frozen=True)
 class DiverseBeamConfig:
-    num_groups: int = 4  # G
-    beams_per_group: int = 1  # B
-    diversity_penalty: float = 1.0  # lambda
-    min_new_tokens: int = 0
-    max_new_tokens: int = 32
-    length_penalty: float = 1.0  # as transformers: score = sum_logprobs / (len ** length_penalty)
-    early_stopping: bool = True  # as transformers' beam search (see `_groups_done`)
+    """The knobs of diverse beam search (the official BETag run: 40 groups of 1 beam, lambda 1.0,
+    64 new tokens; these defaults fit a 2-core CPU)."""
+
+    num_groups: int = knob(
+        4, "G: groups of beams decoded per item, each pushed away from the tokens of the earlier ones."
+    )
+    beams_per_group: int = knob(1, "B: beams per group (ordinary beam search within a group).")
+    diversity_penalty: float = knob(
+        1.0, "lambda: subtracted from a token's log-prob once per beam of an earlier group that chose it at this step."
+    )
+    min_new_tokens: int = knob(0, "EOS is banned before this many generated tokens.")
+    max_new_tokens: int = knob(32, "T: tokens generated per beam at most.")
+    length_penalty: float = knob(
+        1.0, "As transformers: a finished beam scores sum_logprobs / len ** length_penalty (len counts the EOS)."
+    )
+    early_stopping: bool = knob(
+        True,
+        "As transformers' beam search: a group stops once it has B finished hypotheses; false also asks that its "
+        "best running beam cannot beat the worst of them.",
+    )
 
     def __post_init__(self) -> None:
         if self.num_groups < 1 or self.beams_per_group < 1:
@@ -66,7 +76,7 @@ def diverse_beam_search(
     *,
     eos_token_id: int | list[int],
     pad_token_id: int,
-    logits_processor: LogitsProcessor | None = None,
+    logits_processor: LogitsRule | None = None,
     prefix_cache: Cache | None = None,
 ) -> DiverseBeamOutput:
     """Decode G groups of B beams per left-padded prompt, as transformers 4.x `generate(num_beam_groups=G, ...)`.

