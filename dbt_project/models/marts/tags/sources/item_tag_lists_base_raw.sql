@@ -1,11 +1,11 @@
--- The latest base tags of each item as generated, before the tag vocabulary (to measure what
+-- The current base tags of each item as generated, before the tag vocabulary (to measure what
 -- the vocabulary changes).
 
 with
 
-generations as (
+current_generations as (
 
-    select * from {{ ref('stg_base_tag_generations') }}
+    select * from {{ ref('int_base_tag_generations_current') }}
 
 ),
 
@@ -14,8 +14,7 @@ final as (
     select
         item_id,
         tags
-    from generations
-    qualify row_number() over (partition by item_id order by generated_at desc, prompt_version desc) = 1
+    from current_generations
 
 )
 
