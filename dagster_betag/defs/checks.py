@@ -7,17 +7,18 @@ fail, so a run whose tags lose still lands its tables and its numbers.
 from collections.abc import Callable
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
+from dagster_betag.defs import keys
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.evaluation.data import EvaluationInputError, load_results
 from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison
 from dagster_betag.evaluation.tag_sources import llm_tag_source_names
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
-BETAGS = AssetKey(["llm", "betags"])
-EVAL_RESULTS = AssetKey(["marts", "eval_results"])
-TAG_DOCUMENTS = AssetKey(["marts", "item_tag_documents"])
+BETAGS = keys.BETAGS
+EVAL_RESULTS = keys.model("marts", "eval_results")
+TAG_DOCUMENTS = keys.model("marts", "item_tag_documents")
 MAX_EMPTY_SHARE = 0.05
 
 

@@ -18,6 +18,7 @@ from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, r
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
 from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
+from dagster_betag.llm.tagger import Tagger
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import WarehouseLayout
 
@@ -88,12 +89,11 @@ class LLMResource(ConfigurableResource):
         assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
         return load_llm(LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device))
 
-    def base_tagger(self, cache_dir: Path, loaded: LoadedLLM | None = None) -> LoadedLLM | ApiTagger:
+    def base_tagger(self, cache_dir: Path) -> Tagger:
         """What writes base tags: the model behind ``api_base_url`` when set (its answers cached
-        under ``cache_dir``, so a rerun asks nothing twice), else the local model (``loaded``
-        when the caller already holds it)."""
+        under ``cache_dir``, so a rerun asks nothing twice), else the local model."""
         if self.api_base_url is None:
-            return loaded if loaded is not None else self.load()
+            return self.load()
         config = ApiConfig(
             base_url=self.api_base_url,
             model=self.api_model or "",

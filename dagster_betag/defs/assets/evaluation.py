@@ -3,9 +3,10 @@ shard of result rows that dbt turns into ``marts.eval_results``."""
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from dagster_betag import settings
+from dagster_betag.defs import keys
 from dagster_betag.defs.config import EvaluationRunConfig, to_dataclass
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
 from dagster_betag.evaluation.data import load_tag_popularity
@@ -21,11 +22,11 @@ EVAL_RESULTS_FOLDER = "eval_results"
 
 
 @asset(
-    key=AssetKey(["evaluation", "eval_results"]),
+    key=keys.EVAL_RESULTS_SHARDS,
     deps=[
-        AssetKey(["marts", "item_tag_documents"]),
-        AssetKey(["marts", "item_betag_beams"]),
-        AssetKey(["marts", "fct_user_sequences"]),
+        keys.model("marts", "item_tag_documents"),
+        keys.model("marts", "item_betag_beams"),
+        keys.model("marts", "fct_user_sequences"),
     ],
     group_name="evaluation",
     description=(

@@ -1,13 +1,14 @@
 """Raw inputs: the dataset files (external) and their landing Parquet tables."""
 
-from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
 from dagster_betag.datasets import LANDING_SCHEMAS, write_landing
+from dagster_betag.defs import keys
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
 from dagster_betag.warehouse import markdown_table
 
 dataset_files = AssetSpec(
-    key=AssetKey(["source", "dataset_files"]),
+    key=keys.DATASET_FILES,
     description="The input dataset folder (MovieLens or a generic items + events export); not managed by Dagster.",
     group_name="sources",
 )
@@ -16,7 +17,7 @@ dataset_files = AssetSpec(
 @multi_asset(
     specs=[
         AssetSpec(
-            key=AssetKey(["landing", table]),
+            key=keys.landing(table),
             deps=[dataset_files],
             group_name="landing",
             description=f"Raw {table} rows as text, one Parquet file read by dbt staging.",
@@ -32,7 +33,7 @@ def landing_tables(context: AssetExecutionContext, dataset: DatasetResource, war
     context.log.info(f"landed {landed.name} ({landed.format}) from {landed.source_dir}: {row_counts}")
     for table, frame in landed.tables().items():
         yield MaterializeResult(
-            asset_key=AssetKey(["landing", table]),
+            asset_key=keys.landing(table),
             metadata={
                 "dagster/row_count": row_counts[table],
                 "dataset": landed.name,
