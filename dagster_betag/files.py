@@ -27,7 +27,7 @@ class DiskFullError(OSError):
         self.path = path
         self.message = (
             f"no space left to write {path} ({_free_space(path)} free on its disk); "
-            "free some space and run again, it resumes from what was published"
+            "free some space and run again: it resumes from the shards already written"
         )
         super().__init__(errno.ENOSPC, self.message, str(path))
 
