@@ -1,7 +1,7 @@
 """The `betag` command line: run the pipeline, look at an item's tags, query the warehouse
 read-only, print the evaluation, fetch the default dataset.
 
-Errors a user can fix (no dataset, bad input, no network) end in one line and exit 1;
+Errors a user can fix (no dataset, bad input, no network, a full disk) end in one line and exit 1;
 the full Dagster logs stay in the run for the UI.
 """
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, DatasetError
 from dagster_betag.evaluation.data import SPLITS
+from dagster_betag.files import DiskFullError
 from dagster_betag.profiles import PROFILES
 
 PREVIEW_SQL = {
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (DatasetError, ModelError, EvaluationInputError, WarehouseQueryError, FileNotFoundError) as error:
+    except (
+        DatasetError, ModelError, EvaluationInputError, WarehouseQueryError, FileNotFoundError, DiskFullError
+    ) as error:
         print(f"betag: error: {error}", file=sys.stderr)
         return 1
 

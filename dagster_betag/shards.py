@@ -12,6 +12,12 @@ only when ``publish`` is called at the end of a run: a run that fails half-way l
 the tables built from the published shards as they were, and its rerun resumes from
 its pending shards.
 
+Shards are written and renamed durably (``dagster_betag.files``), and a shard that cannot
+be read all the same (cut short by a copy, zeroed by a power cut on another filesystem, or
+lacking the key column) is moved to ``quarantine/`` beside the item-shard folders with one
+warning line: its items count as not generated, so the run generates them again, instead of
+every later run failing on an error that names no file.
+
 Rows are split over item shards (a stable hash of the item id), each with its own folder,
 so several processes or machines can generate one item shard each. Library code, no Dagster.
 """
@@ -19,8 +25,7 @@ so several processes or machines can generate one item shard each. Library code,
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,17 +34,19 @@ from pathlib import Path
 
 import polars as pl
 
-from dagster_betag.files import replacing
+from dagster_betag.files import durable_rename, make_folders, replacing
+from dagster_betag.hashing import stable_hash
 from dagster_betag.progress import Progress
 
 PUBLISHED_PREFIX = "shard-"
 PENDING_PREFIX = "pending-"
 ALL_ITEM_SHARDS = "all"
+QUARANTINE_FOLDER = "quarantine"
+# appended to a quarantined shard's name: neither dbt's sources ("**/shard-*.parquet") nor
+# the shard listing here match it, though the quarantine folder lies under the table's folder
+QUARANTINED_SUFFIX = ".quarantined"
 
-
-def stable_hash(*parts: object) -> str:
-    """A short hash of JSON-serializable parts that does not change between processes."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_logger = logging.getLogger(__name__)
 
 
 def item_shard_of(item_id: str, n_shards: int) -> str:
@@ -74,11 +81,66 @@ class ShardedTable:
     def for_item_shard(self, item_shard: str) -> ShardedTable:
         return ShardedTable(self.folder, self.run_key, self.key_column, self.version_column, item_shard)
 
-    def read(self, *, published_only: bool = False) -> pl.DataFrame | None:
-        """Every row written with this ``run_key``, in any item shard (None before the first
-        shard); pending rows too unless ``published_only``."""
+    @property
+    def quarantine_folder(self) -> Path:
+        return self.folder / QUARANTINE_FOLDER
+
+    def shards(self, *, published_only: bool = False) -> list[Path]:
+        """The complete shard files of every run key and item shard (temporary files are hidden)."""
         prefixes = (PUBLISHED_PREFIX,) if published_only else (PUBLISHED_PREFIX, PENDING_PREFIX)
-        shards = sorted(path for prefix in prefixes for path in self.folder.glob(f"**/{prefix}*.parquet"))
+        return sorted(path for prefix in prefixes for path in self.folder.glob(f"**/{prefix}*.parquet"))
+
+    def quarantine_unreadable(self, log: Callable[[str], None] = _logger.warning) -> int:
+        """Move every shard whose Parquet footer cannot be read, or that lacks the key column,
+        to ``quarantine/``, one ``log`` line each; returns how many were moved.
+
+        The footer is all that is read (a truncated or zero-length file has none), so this costs
+        a few kB per shard. The items of a moved shard cannot be read from it; they are simply
+        not done any more, and the run that called this generates them again."""
+        n_moved = 0
+        for path in self.shards():
+            try:
+                problem = self._problem(path)
+            except FileNotFoundError:
+                continue  # published or quarantined by a concurrent run since it was listed
+            if problem is None:
+                continue
+            destination = self.quarantine_folder / path.relative_to(self.folder)
+            destination = destination.with_name(destination.name + QUARANTINED_SUFFIX)
+            make_folders(destination.parent)
+            try:
+                durable_rename(path, destination)
+            except FileNotFoundError:
+                continue
+            n_moved += 1
+            log(
+                f"quarantined unreadable shard {path} ({problem}) as {destination}; its item ids cannot be "
+                "read from it, so its items count as not generated and are generated again"
+            )
+        return n_moved
+
+    def _problem(self, path: Path) -> str | None:
+        """Why the shard at ``path`` cannot be read, or None when its footer and schema are fine."""
+        try:
+            schema = pl.read_parquet_schema(path)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # polars reports a bad footer as ComputeError, an OS failure as OSError
+            if path.stat().st_size == 0:
+                return "zero-length file"
+            return f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        if self.key_column not in schema:
+            return f"no {self.key_column} column"
+        return None
+
+    def read(
+        self, *, published_only: bool = False, log: Callable[[str], None] = _logger.warning
+    ) -> pl.DataFrame | None:
+        """Every row written with this ``run_key``, in any item shard (None before the first
+        shard); pending rows too unless ``published_only``. Unreadable shards are quarantined
+        first (``log`` says which), never read."""
+        self.quarantine_unreadable(log)
+        shards = self.shards(published_only=published_only)
         if not shards:
             return None
         # shards of older releases may lack newer columns: align by name, nulls where missing
@@ -90,9 +152,9 @@ class ShardedTable:
             frame = frame.filter(pl.col(column) == value if column in present else pl.lit(False))
         return frame.collect()
 
-    def written_versions(self) -> dict[str, set[str | None]]:
+    def written_versions(self, log: Callable[[str], None] = _logger.warning) -> dict[str, set[str | None]]:
         """key -> the versions written for it by a run with this ``run_key`` ({None} when unversioned)."""
-        frame = self.read()
+        frame = self.read(log=log)
         if frame is None:
             return {}
         keys = frame.get_column(self.key_column).to_list()
@@ -109,25 +171,23 @@ class ShardedTable:
 
     def write(self, rows: pl.DataFrame) -> Path:
         """Add ``rows`` (without run-key columns) as one complete pending shard."""
-        folder = self.shard_folder
-        folder.mkdir(parents=True, exist_ok=True)
         frame = rows.with_columns(
             *(pl.lit(value).alias(column) for column, value in self.run_key.items()),
             pl.lit(self.item_shard).alias("item_shard"),
         )
         # time first: shards sort in the order they landed
         name = f"{PENDING_PREFIX}{self.run_key_hash}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        target = folder / name
+        target = self.shard_folder / name
         with replacing(target) as temporary:
             frame.write_parquet(temporary)
         return target
 
     def publish(self) -> int:
-        """Make this run key's pending shards of this item shard visible to dbt (one rename
-        each); returns how many were published."""
+        """Make this run key's pending shards of this item shard visible to dbt (one durable
+        rename each); returns how many were published."""
         pending = sorted(self.shard_folder.glob(f"{PENDING_PREFIX}{self.run_key_hash}-*.parquet"))
         for path in pending:
-            os.replace(path, path.with_name(PUBLISHED_PREFIX + path.name.removeprefix(PENDING_PREFIX)))
+            durable_rename(path, path.with_name(PUBLISHED_PREFIX + path.name.removeprefix(PENDING_PREFIX)))
         return len(pending)
 
 
@@ -139,6 +199,7 @@ class RunCounts:
     seconds: float
     n_changed: int = 0  # generated again because their input changed (the rest of n_generated are new)
     n_published_shards: int = 0
+    n_quarantined: int = 0  # unreadable shards moved to quarantine/ (their items generated again)
 
     def __add__(self, other: RunCounts) -> RunCounts:
         return RunCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -155,9 +216,11 @@ def run_resumable(
     versions: Mapping[str, str] | None = None,
 ) -> RunCounts:
     """Produce rows for every key not yet in ``table`` (at its version in ``versions``), one
-    pending shard per ``shard_size`` keys, then publish the run's shards."""
+    pending shard per ``shard_size`` keys, then publish the run's shards. Unreadable shards
+    (published, or pending from an earlier try) are quarantined first and their keys redone."""
     started = time.perf_counter()
-    written = table.written_versions()
+    n_quarantined = table.quarantine_unreadable(log)
+    written = table.written_versions(log)
     done = _done(written, versions)
     todo = [key for key in keys if key not in done]
     changed = {key for key in todo if key in written}  # written before, for another input
@@ -173,7 +236,7 @@ def run_resumable(
         progress.close()
     n_published = table.publish()
     seconds = time.perf_counter() - started
-    return RunCounts(len(keys), len(keys) - len(todo), len(todo), seconds, len(changed), n_published)
+    return RunCounts(len(keys), len(keys) - len(todo), len(todo), seconds, len(changed), n_published, n_quarantined)
 
 
 def _done(written: Mapping[str, set[str | None]], versions: Mapping[str, str] | None) -> set[str]:

@@ -4,6 +4,10 @@ The Dagster resources bind BETAG_WAREHOUSE_DIR, BETAG_DATASET_DIR and BETAG_MODE
 EnvVars when those are set at import, and EnvVars resolve when a run starts; so the
 session sets them before anything imports the definitions, and each test points them at
 its own folders (and at a tiny random-weight model).
+
+Hypothesis runs in one of two profiles: "ci" (the default) keeps the bad-input properties
+CI-sized; "soak", selected by ``BETAG_SOAK=1``, runs 10,000 landing examples (5,000 per
+layout) and 100 full ``dbt build`` examples, hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from dagster_betag import settings
 
@@ -22,6 +27,18 @@ os.environ[settings.DATASET_ENV] = str(SESSION_ROOT / "unused-dataset")
 os.environ[settings.MODEL_ENV] = str(SESSION_ROOT / "unused-model")
 os.environ[settings.ADAPTERS_ENV] = str(SESSION_ROOT / "adapters")
 settings.put_interpreter_tools_on_path()
+
+SOAK_ENV = "BETAG_SOAK"
+HYPOTHESIS_PROFILE = "soak" if os.environ.get(SOAK_ENV) == "1" else "ci"
+# examples per bad-input property (tests/test_bad_input.py): the landing property runs once per layout
+BAD_INPUT_EXAMPLES = {
+    "ci": {"landing_per_layout": 200, "dbt_build": 12},
+    "soak": {"landing_per_layout": 5_000, "dbt_build": 100},
+}[HYPOTHESIS_PROFILE]
+hypothesis_settings.register_profile("ci")
+# a soak failure is found after hours: print the blob that replays it at once (@reproduce_failure)
+hypothesis_settings.register_profile("soak", print_blob=True)
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
 
 SHARED_ML_LATEST_SMALL = settings.REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
 

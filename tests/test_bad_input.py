@@ -48,6 +48,7 @@ from hypothesis import strategies as st
 
 from dagster_betag import settings as betag_settings
 from dagster_betag.datasets import DatasetError, read_dataset, read_manifest, write_landing
+from tests.conftest import BAD_INPUT_EXAMPLES
 from tests.synthetic import Event, reference_kcore, reference_sessions, write_synthetic_movielens
 
 DBT_VARS = yaml.safe_load((betag_settings.DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
@@ -672,7 +673,7 @@ def good_landing(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.name)
-@settings(max_examples=200, **PROPERTY_SETTINGS)
+@settings(max_examples=BAD_INPUT_EXAMPLES["landing_per_layout"], **PROPERTY_SETTINGS)
 @given(data=st.data())
 def test_landing_refuses_in_one_line_or_lands_every_record(layout, data, good_landing, tally) -> None:
     """A broken file stops the read with one line naming it and leaves the old landing as it was;
@@ -841,7 +842,7 @@ def differences(connection: duckdb.DuckDBPyConnection, found: Counter, expected:
     return f"quarantined but not expected: {extra}; expected but not quarantined: {missing}; their rows: {raw}"
 
 
-@settings(max_examples=12, **PROPERTY_SETTINGS)
+@settings(max_examples=BAD_INPUT_EXAMPLES["dbt_build"], **PROPERTY_SETTINGS)
 @given(
     dataset=st.sampled_from(LAYOUTS).flatmap(
         lambda layout: defective_datasets(layout, every_defect=True, file_defects=False)

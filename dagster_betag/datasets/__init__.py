@@ -25,7 +25,7 @@ from dagster_betag.datasets.contract import LANDING_SCHEMAS, DatasetError, Lande
 from dagster_betag.datasets.fetch import fetch_movielens
 from dagster_betag.datasets.generic import read_generic
 from dagster_betag.datasets.movielens import read_movielens_1m, read_movielens_100k, read_movielens_latest
-from dagster_betag.files import replacing, temp_path_beside
+from dagster_betag.files import disk_full_named, fsync_path, make_folders, replacing, temp_path_beside
 from dagster_betag.hashing import file_sha256
 
 __all__ = [
@@ -113,21 +113,25 @@ def source_hashes(path: str | Path, format: str = AUTO_FORMAT) -> dict[str, str]
 def write_landing(dataset: LandedDataset, landing_dir: str | Path) -> dict[str, int]:
     """Write ``<landing_dir>/<table>.parquet`` for the four tables, all or nothing, then manifest.json.
 
-    Every table is first written to a temporary file beside its target and only then
-    renamed over it, so a failure (disk full, a bad frame) leaves the previous landing
-    intact and never half-written. The manifest comes last: while it still describes
-    the old inputs, a refresh sensor will simply try again.
+    Every table is first written to a temporary file beside its target, fsynced, and only
+    then renamed over it (the folder fsynced after), so a failure (disk full, a bad frame,
+    a power cut) leaves the previous landing intact and never half-written; a full disk is
+    a one-line ``DiskFullError``. The manifest comes last: while it still describes the old
+    inputs, a refresh sensor will simply try again.
     """
     landing_dir = Path(landing_dir)
-    landing_dir.mkdir(parents=True, exist_ok=True)
+    make_folders(landing_dir)
     tables = {name: conform(name, frame) for name, frame in dataset.tables().items()}
     staged: dict[Path, Path] = {}
     try:
         for name, frame in tables.items():
             target = landing_dir / f"{name}.parquet"
             staged[target] = temp_path_beside(target)
-            frame.write_parquet(staged[target])
+            with disk_full_named(target):
+                frame.write_parquet(staged[target])
+                fsync_path(staged[target])
         _replace_all(staged)
+        fsync_path(landing_dir)
     finally:
         for temp in staged.values():
             temp.unlink(missing_ok=True)
