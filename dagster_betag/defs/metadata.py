@@ -16,6 +16,8 @@ def run_counts_metadata(counts: RunCounts) -> dict:
         "n_new": counts.n_generated - counts.n_changed,
         "n_changed": counts.n_changed,
         "n_skipped_already_done": counts.n_skipped,
+        # unreadable shards (cut by a power loss, say) moved to quarantine/; their items were generated again
+        "n_quarantined_shards": counts.n_quarantined,
         "seconds": round(counts.seconds, 1),
         "seconds_per_item": round(counts.seconds / max(1, counts.n_generated), 3),
     }
