@@ -34,6 +34,7 @@ from dagster_betag.llm.prompts import (
     catalog_few_shot,
     describe_item,
 )
+from dagster_betag.llm.tagger import BaseTagContext
 from tests.test_llm_model import build_tiny_llama, build_tokenizer
 
 ITEMS = [
@@ -227,9 +228,9 @@ def test_invalid_entries_do_not_count(tokenizer):
     loose = BaseTagConfig(num_tags=4, ban_repeated_first_word=False, ban_duplicate_entries=False, ban_repeated_words=False)
     catalog = catalog_attribute_values(ITEMS)
     assert catalog == {"genre": {"adventure", "comedy", "action", "sci-fi", "crime", "drama", "romance", "war"}}
-    (text,) = generate_base_tag_texts(llm, ITEMS[:1], loose, catalog_values=catalog)
+    (text,) = generate_base_tag_texts(llm, ITEMS[:1], loose, context=BaseTagContext(catalog_values=catalog))
     assert text == answer[: answer.index("8.")]  # alpha, comedy (its own genre), beta, gamma
-    (tags,) = generate_base_tags(llm, ITEMS[:1], loose, catalog_values=catalog)
+    (tags,) = generate_base_tags(llm, ITEMS[:1], loose, context=BaseTagContext(catalog_values=catalog))
     assert tags == ["alpha", "comedy", "beta", "gamma"]
     (without_catalog,) = generate_base_tags(llm, ITEMS[:1], loose)
     assert without_catalog == ["alpha", "comedy", "war", "beta"]
@@ -386,8 +387,8 @@ def test_real_model_writes_meaningful_tags():
         ItemDescription("296", "Pulp Fiction", None, {"year": ["1994"], "genre": ["Comedy", "Crime", "Drama", "Thriller"]}),
         ItemDescription("356", "Forrest Gump", None, {"year": ["1994"], "genre": ["Comedy", "Drama", "Romance", "War"]}),
     ]
-    catalog = catalog_attribute_values(items)
-    tags = generate_base_tags(llm, items, BaseTagConfig(), catalog_values=catalog)
+    context = BaseTagContext(catalog_values=catalog_attribute_values(items))
+    tags = generate_base_tags(llm, items, BaseTagConfig(), context=context)
     for item, item_tags in zip(items, tags, strict=True):
         assert len(item_tags) >= 3, (item.title, item_tags)
         assert len(set(item_tags)) == len(item_tags)
