@@ -20,7 +20,8 @@ from dagster_betag.llm.base_tags import (
     generate_base_tag_texts,
     generate_base_tags,
 )
-from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly, RepetitionBan
+from dagster_betag.llm.greedy import repetition_ban
+from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly
 from dagster_betag.llm.tokens import token_table
 from dagster_betag.llm.model import LLMConfig, LoadedLLM, load_llm
 from dagster_betag.llm.prefix import split_shared_prefix
@@ -297,14 +298,7 @@ def _tracked(tokenizer, generated: list[str], config: BaseTagConfig | None = Non
     for index, ids in enumerate(encoded):
         for token in ids:
             tracker._consume(index, token)
-    ban = RepetitionBan(
-        tracker,
-        ban_first_word=config.ban_repeated_first_word,
-        ban_duplicates=config.ban_duplicate_entries,
-        ban_words=config.ban_repeated_words,
-        banned_first_words=config.banned_first_words,
-        max_numeric_entries=config.max_numeric_entries,
-    )
+    ban = repetition_ban(tracker, config)
     input_ids = torch.zeros(len(encoded), width, dtype=torch.long)
     scores = ban(input_ids, torch.zeros(len(encoded), len(table.texts)))
     return tracker, scores
