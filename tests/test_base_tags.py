@@ -36,7 +36,8 @@ from dagster_betag.llm.prompts import (
     describe_item,
 )
 from dagster_betag.llm.tagger import BaseTagContext
-from tests.test_llm_model import build_tiny_llama, build_tokenizer
+from tests.test_llm_model import build_tokenizer
+from tests.tiny_models import tiny_llama
 
 ITEMS = [
     ItemDescription("1", "Toy Story", None, {"year": ["1995"], "genre": ["Adventure", "Comedy"]}),
@@ -64,7 +65,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_llm(tokenizer):
-    model = build_tiny_llama(tokenizer, seed=3, tied=False, init_std=0.3)
+    model = tiny_llama(tokenizer, init_std=0.3, seed=3)
     return LoadedLLM(model=model, tokenizer=tokenizer, name="tiny", fingerprint="0" * 16, device="cpu")
 
 
@@ -108,7 +109,7 @@ def scripted_llm(tokenizer, scripts: dict[str, list[str]] | dict[str, str]) -> L
         title: s if isinstance(s, str) else "".join(f"{i}. {tag}\n" for i, tag in enumerate(s, start=1))
         for title, s in scripts.items()
     }
-    base = build_tiny_llama(tokenizer)
+    base = tiny_llama(tokenizer, tied=True)
     model = ScriptedLlama(base.config).eval()
     model.load_state_dict(base.state_dict())
     model.setup(tokenizer, answers)
