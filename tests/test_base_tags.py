@@ -20,7 +20,8 @@ from dagster_betag.llm.base_tags import (
     generate_base_tag_texts,
     generate_base_tags,
 )
-from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly, RepetitionBan
+from dagster_betag.llm.greedy import repetition_ban
+from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly
 from dagster_betag.llm.tokens import token_table
 from dagster_betag.llm.model import LLMConfig, LoadedLLM, load_llm
 from dagster_betag.llm.prefix import split_shared_prefix
@@ -34,7 +35,9 @@ from dagster_betag.llm.prompts import (
     catalog_few_shot,
     describe_item,
 )
-from tests.test_llm_model import build_tiny_llama, build_tokenizer
+from dagster_betag.llm.tagger import BaseTagContext
+from tests.test_llm_model import build_tokenizer
+from tests.tiny_models import tiny_llama
 
 ITEMS = [
     ItemDescription("1", "Toy Story", None, {"year": ["1995"], "genre": ["Adventure", "Comedy"]}),
@@ -62,7 +65,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_llm(tokenizer):
-    model = build_tiny_llama(tokenizer, seed=3, tied=False, init_std=0.3)
+    model = tiny_llama(tokenizer, init_std=0.3, seed=3)
     return LoadedLLM(model=model, tokenizer=tokenizer, name="tiny", fingerprint="0" * 16, device="cpu")
 
 
@@ -106,7 +109,7 @@ def scripted_llm(tokenizer, scripts: dict[str, list[str]] | dict[str, str]) -> L
         title: s if isinstance(s, str) else "".join(f"{i}. {tag}\n" for i, tag in enumerate(s, start=1))
         for title, s in scripts.items()
     }
-    base = build_tiny_llama(tokenizer)
+    base = tiny_llama(tokenizer, tied=True)
     model = ScriptedLlama(base.config).eval()
     model.load_state_dict(base.state_dict())
     model.setup(tokenizer, answers)
@@ -227,9 +230,9 @@ def test_invalid_entries_do_not_count(tokenizer):
     loose = BaseTagConfig(num_tags=4, ban_repeated_first_word=False, ban_duplicate_entries=False, ban_repeated_words=False)
     catalog = catalog_attribute_values(ITEMS)
     assert catalog == {"genre": {"adventure", "comedy", "action", "sci-fi", "crime", "drama", "romance", "war"}}
-    (text,) = generate_base_tag_texts(llm, ITEMS[:1], loose, catalog_values=catalog)
+    (text,) = generate_base_tag_texts(llm, ITEMS[:1], loose, context=BaseTagContext(catalog_values=catalog))
     assert text == answer[: answer.index("8.")]  # alpha, comedy (its own genre), beta, gamma
-    (tags,) = generate_base_tags(llm, ITEMS[:1], loose, catalog_values=catalog)
+    (tags,) = generate_base_tags(llm, ITEMS[:1], loose, context=BaseTagContext(catalog_values=catalog))
     assert tags == ["alpha", "comedy", "beta", "gamma"]
     (without_catalog,) = generate_base_tags(llm, ITEMS[:1], loose)
     assert without_catalog == ["alpha", "comedy", "war", "beta"]
@@ -296,14 +299,7 @@ def _tracked(tokenizer, generated: list[str], config: BaseTagConfig | None = Non
     for index, ids in enumerate(encoded):
         for token in ids:
             tracker._consume(index, token)
-    ban = RepetitionBan(
-        tracker,
-        ban_first_word=config.ban_repeated_first_word,
-        ban_duplicates=config.ban_duplicate_entries,
-        ban_words=config.ban_repeated_words,
-        banned_first_words=config.banned_first_words,
-        max_numeric_entries=config.max_numeric_entries,
-    )
+    ban = repetition_ban(tracker, config)
     input_ids = torch.zeros(len(encoded), width, dtype=torch.long)
     scores = ban(input_ids, torch.zeros(len(encoded), len(table.texts)))
     return tracker, scores
@@ -386,8 +382,8 @@ def test_real_model_writes_meaningful_tags():
         ItemDescription("296", "Pulp Fiction", None, {"year": ["1994"], "genre": ["Comedy", "Crime", "Drama", "Thriller"]}),
         ItemDescription("356", "Forrest Gump", None, {"year": ["1994"], "genre": ["Comedy", "Drama", "Romance", "War"]}),
     ]
-    catalog = catalog_attribute_values(items)
-    tags = generate_base_tags(llm, items, BaseTagConfig(), catalog_values=catalog)
+    context = BaseTagContext(catalog_values=catalog_attribute_values(items))
+    tags = generate_base_tags(llm, items, BaseTagConfig(), context=context)
     for item, item_tags in zip(items, tags, strict=True):
         assert len(item_tags) >= 3, (item.title, item_tags)
         assert len(set(item_tags)) == len(item_tags)

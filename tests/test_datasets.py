@@ -158,12 +158,18 @@ def test_tags_csv_is_optional(latest_dir: Path) -> None:
     assert dataset.native_tags.columns == list(LANDING_SCHEMAS["native_tags"])
 
 
+def assert_classic_movielens(dataset: LandedDataset, expected_format: str, titles: list[str]) -> None:
+    """What the older MovieLens file sets (1M, 100K) must give like the others: their format
+    detected, the landing contract, titles cleaned in file order, and Toy Story's genres."""
+    assert dataset.format == expected_format
+    assert_contract(dataset)
+    assert dataset.items["title"].to_list() == titles
+    assert attributes(dataset, "1", "genre") == ["Animation", "Children's", "Comedy"]
+
+
 def test_movielens_1m_reads_latin1_double_colon_files(ml1m_dir: Path) -> None:
     dataset = read_dataset(ml1m_dir)
-    assert dataset.format == "movielens-1m"
-    assert_contract(dataset)
-    assert dataset.items["title"].to_list() == ["Toy Story", "The Café Society", '"Great Performances" Cats']
-    assert attributes(dataset, "1", "genre") == ["Animation", "Children's", "Comedy"]
+    assert_classic_movielens(dataset, "movielens-1m", ["Toy Story", "The Café Society", '"Great Performances" Cats'])
     assert dataset.events.select("user_id", "item_id", "event_at", "event_value").row(2) == (
         "6040", "3", "956703932", "4",
     )  # fmt: skip
@@ -173,10 +179,7 @@ def test_movielens_1m_reads_latin1_double_colon_files(ml1m_dir: Path) -> None:
 
 def test_movielens_100k_uses_genre_flags_and_release_date(ml100k_dir: Path) -> None:
     dataset = read_dataset(ml100k_dir)
-    assert dataset.format == "movielens-100k"
-    assert_contract(dataset)
-    assert dataset.items["title"].to_list() == ["Toy Story", "Le Café", "unknown"]
-    assert attributes(dataset, "1", "genre") == ["Animation", "Children's", "Comedy"]
+    assert_classic_movielens(dataset, "movielens-100k", ["Toy Story", "Le Café", "unknown"])
     assert attributes(dataset, "2", "genre") == ["Drama"]
     assert attributes(dataset, "267", "genre") == []  # only the "unknown" flag is set
     assert attributes(dataset, "1", "release_date") == ["01-Jan-1995"]
@@ -446,15 +449,8 @@ def test_write_landing_writes_tables_and_manifest(latest_dir: Path, tmp_path: Pa
     assert manifest["source_files"] == expected == source_hashes(latest_dir)
 
 
-def test_failed_table_write_leaves_the_previous_landing_untouched(
-    latest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    landing = tmp_path / "landing"
-    write_landing(read_dataset(latest_dir), landing)
-    before = landing_files(landing)
-    write(latest_dir, {"ratings.csv": RATINGS_CSV + "9,1,1.0,964982999\n"})
-    changed = read_dataset(latest_dir)
-
+def break_third_table_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while the third table is written, half a file already on it."""
     real_write = pl.DataFrame.write_parquet
     written: list[str] = []
 
@@ -466,20 +462,10 @@ def test_failed_table_write_leaves_the_previous_landing_untouched(
         real_write(frame, file, *args, **kwargs)
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", fail_on_third)
-    with pytest.raises(OSError, match="No space left"):
-        write_landing(changed, landing)
-    assert landing_files(landing) == before  # no temporary files either
 
 
-def test_failed_rename_rolls_back_the_tables_already_replaced(
-    latest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    landing = tmp_path / "landing"
-    write_landing(read_dataset(latest_dir), landing)
-    before = landing_files(landing)
-    write(latest_dir, {"ratings.csv": RATINGS_CSV + "9,1,1.0,964982999\n"})
-    changed = read_dataset(latest_dir)
-
+def break_third_table_rename(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third table cannot be renamed into place, after two were: those must be rolled back."""
     real_replace = datasets.os.replace
     renames: list[str] = []
 
@@ -491,6 +477,25 @@ def test_failed_rename_rolls_back_the_tables_already_replaced(
         real_replace(source, target)
 
     monkeypatch.setattr(datasets.os, "replace", fail_third_table_rename)
-    with pytest.raises(PermissionError):
+
+
+@pytest.mark.parametrize(
+    ("break_rewrite", "error", "message"),
+    [
+        pytest.param(break_third_table_write, OSError, "No space left", id="table-write-fails"),
+        pytest.param(break_third_table_rename, PermissionError, "Permission denied", id="rename-rolls-back"),
+    ],
+)
+def test_failed_rewrite_leaves_the_previous_landing_untouched(
+    latest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, break_rewrite, error: type[OSError], message: str
+) -> None:
+    landing = tmp_path / "landing"
+    write_landing(read_dataset(latest_dir), landing)
+    before = landing_files(landing)
+    write(latest_dir, {"ratings.csv": RATINGS_CSV + "9,1,1.0,964982999\n"})
+    changed = read_dataset(latest_dir)
+
+    break_rewrite(monkeypatch)
+    with pytest.raises(error, match=message):
         write_landing(changed, landing)
-    assert landing_files(landing) == before
+    assert landing_files(landing) == before  # the tables already replaced are back; no temporary files either

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
+from tests.tiny_models import tiny_llama
 
 PAD = 1
 EOS_SOMETIMES = 38  # some hypotheses end with it, not all
@@ -32,18 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.5,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size=64, max_positions=128, init_std=0.5)
 
 
 @pytest.fixture(scope="module")

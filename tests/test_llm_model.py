@@ -1,7 +1,7 @@
 """Loading the LLM: local folders, GGUF files, the embedded default, and what is refused.
 
-Tiny models are built here from configs (random weights) with a byte-level BPE tokenizer
-trained in the test, so nothing comes from a model hub. The helpers are shared with
+Tiny models are random-weight Llamas (tests/tiny_models.py) with a byte-level BPE tokenizer
+trained here, so nothing comes from a model hub. The helpers are shared with
 test_base_tags.py.
 """
 
@@ -29,6 +29,7 @@ from dagster_betag.llm.model import (
     resolve_dtype,
 )
 from dagster_betag.llm.weights import EmbeddedModel, find_embedded_gguf
+from tests.tiny_models import tiny_llama
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -75,32 +76,9 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_tiny_llama(tokenizer, seed: int = 0, *, tied: bool = True, init_std: float = 0.02):
-    """A random 2-layer Llama. With tied embeddings and small weights it echoes its last token;
-    untied with large weights (init_std=0.3) its answers depend on the prompt."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=tied,
-        initializer_range=init_std,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
 def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer()
-    model = build_tiny_llama(tokenizer, seed)
+    model = tiny_llama(tokenizer, tied=True, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -113,7 +91,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     from gguf import GGUFWriter, TokenType
 
     tokenizer = build_tokenizer()
-    model = build_tiny_llama(tokenizer, seed)
+    model = tiny_llama(tokenizer, tied=True, seed=seed)
     config = model.config
     writer = GGUFWriter(str(path), "llama")
     writer.add_block_count(config.num_hidden_layers)

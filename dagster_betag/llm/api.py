@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +43,8 @@ from dagster_betag.files import replacing
 from dagster_betag.knobs import DESCRIPTION, knob
 from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, tags_from_answer
 from dagster_betag.llm.model import FINGERPRINT_CHARS
-from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, base_tag_messages
+from dagster_betag.llm.prompts import ItemDescription, base_tag_messages
+from dagster_betag.llm.tagger import BaseTagContext
 
 DEFAULT_API_KEY_ENV = "BETAG_API_KEY"
 DEFAULT_MAX_CONCURRENCY = 4
@@ -154,9 +155,8 @@ class ApiTagger:
         items: Sequence[ItemDescription],
         config: BaseTagConfig = BaseTagConfig(),
         *,
-        few_shot: FewShot = DEFAULT_FEW_SHOT,
+        context: BaseTagContext = BaseTagContext(),
         on_batch: Callable[[int], None] | None = None,
-        catalog_values: Mapping[str, Iterable[str]] | None = None,
     ) -> list[list[str]]:
         """Each item's base tags, in the order of ``items``, as ``base_tags.generate_base_tags`` gives them.
 
@@ -164,7 +164,7 @@ class ApiTagger:
         from the cache). The first request that fails for good cancels the ones not yet sent
         and raises ``ApiError``; answers already received stay cached.
         """
-        bodies = [self._request_body(item, few_shot, config) for item in items]
+        bodies = [self._request_body(item, context.few_shot, config) for item in items]
         answers = [""] * len(items)
         pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix="betag-api")
         try:
@@ -175,7 +175,10 @@ class ApiTagger:
                     on_batch(1)
         finally:
             pool.shutdown(cancel_futures=True)
-        return [tags_from_answer(item, text, config, catalog_values) for item, text in zip(items, answers, strict=True)]
+        return [
+            tags_from_answer(item, text, config, context.catalog_values)
+            for item, text in zip(items, answers, strict=True)
+        ]
 
     def _request_body(self, item: ItemDescription, few_shot: FewShot, config: BaseTagConfig) -> dict:
         """The local model's prompt for ``item``, for the API's model with this tagger's sampling parameters."""

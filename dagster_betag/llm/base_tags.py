@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 from dagster_betag.knobs import knob
 from dagster_betag.llm.greedy import generate_batch
 from dagster_betag.llm.prefix import prefix_cache, split_shared_prefix
-from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, apply_chat, base_tag_messages
+from dagster_betag.llm.prompts import ItemDescription, apply_chat, base_tag_messages
+from dagster_betag.llm.tagger import BaseTagContext
 from dagster_betag.llm.tags import clean_text, parse_tags
 from dagster_betag.llm.tokens import token_table
 
@@ -129,7 +130,7 @@ class BaseTagConfig:
 
 def catalog_attribute_values(items: Iterable[ItemDescription], names: Iterable[str] = ("genre",)) -> dict[str, set[str]]:
     """Every value of the named attributes over a catalog, cleaned: the ``catalog_values``
-    argument of ``generate_base_tags``. Build it from the whole catalog, not from one shard,
+    of a ``BaseTagContext``. Build it from the whole catalog, not from one shard,
     so that an item's tags do not depend on the shard it was generated in."""
     wanted = list(names)
     values: dict[str, set[str]] = {name: set() for name in wanted}
@@ -147,21 +148,20 @@ def generate_base_tags(
     items: Sequence[ItemDescription],
     config: BaseTagConfig = BaseTagConfig(),
     *,
-    few_shot: FewShot = DEFAULT_FEW_SHOT,
+    context: BaseTagContext = BaseTagContext(),
     on_batch: Callable[[int], None] | None = None,
-    catalog_values: Mapping[str, Iterable[str]] | None = None,
 ) -> list[list[str]]:
     """Each item's base tags (at most ``config.num_tags``, in generation order), in the order of ``items``.
 
     ``on_batch(n)`` is called after each batch with the number of items that batch finished
     (an increment, as ``tqdm.update`` and the pipeline's ``Progress.advance`` take).
-    ``catalog_values`` (see ``catalog_attribute_values``) enables dropping tags that name
+    ``context.catalog_values`` (see ``catalog_attribute_values``) enables dropping tags that name
     another value of an exclusive attribute (a genre the item does not have).
     """
-    texts = generate_base_tag_texts(
-        llm, items, config, few_shot=few_shot, on_batch=on_batch, catalog_values=catalog_values
-    )
-    return [tags_from_answer(item, text, config, catalog_values) for item, text in zip(items, texts, strict=True)]
+    texts = generate_base_tag_texts(llm, items, config, context=context, on_batch=on_batch)
+    return [
+        tags_from_answer(item, text, config, context.catalog_values) for item, text in zip(items, texts, strict=True)
+    ]
 
 
 def tags_from_answer(
@@ -181,23 +181,23 @@ def tags_from_answer(
 def generate_base_tag_texts(
     llm: LoadedLLM,
     items: Sequence[ItemDescription],
-    config: BaseTagConfig = BaseTagConfig(),
+    config: BaseTagConfig,
     *,
-    few_shot: FewShot = DEFAULT_FEW_SHOT,
+    context: BaseTagContext = BaseTagContext(),
     on_batch: Callable[[int], None] | None = None,
-    catalog_values: Mapping[str, Iterable[str]] | None = None,
 ) -> list[str]:
-    """The raw answers behind ``generate_base_tags`` (for logs and debugging), in input order."""
+    """The raw answers behind ``generate_base_tags`` (for logs and debugging: of the ``config``
+    being looked into, so it has no default), in input order."""
     if not items:
         return []
     tokenizer = llm.tokenizer
     prompts = [
-        apply_chat(tokenizer, base_tag_messages(item, few_shot, num_tags=config.num_tags, item_noun=config.item_noun))
+        apply_chat(tokenizer, base_tag_messages(item, context.few_shot, num_tags=config.num_tags, item_noun=config.item_noun))
         for item in items
     ]
     prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
     shared_cache = prefix_cache(llm.model, prefix_ids)
-    excluded = [_contradicting_values(item, catalog_values, config.exclusive_attributes) for item in items]
+    excluded = [_contradicting_values(item, context.catalog_values, config.exclusive_attributes) for item in items]
 
     order = sorted(range(len(items)), key=lambda i: (len(suffixes[i]), i))
     texts: list[str] = [""] * len(items)

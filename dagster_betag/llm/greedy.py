@@ -20,6 +20,19 @@ if TYPE_CHECKING:  # base_tags imports this module; the config is only an annota
     from dagster_betag.llm.base_tags import BaseTagConfig
 
 
+def repetition_ban(tracker: EntryTracker, config: BaseTagConfig) -> RepetitionBan:
+    """The ban on repeated, echoed and malformed entries, with the switches ``config`` sets:
+    one place maps the knobs onto the rule, so tests check the rule generation really runs."""
+    return RepetitionBan(
+        tracker,
+        ban_first_word=config.ban_repeated_first_word,
+        ban_duplicates=config.ban_duplicate_entries,
+        ban_words=config.ban_repeated_words,
+        banned_first_words=config.banned_first_words,
+        max_numeric_entries=config.max_numeric_entries,
+    )
+
+
 def generate_batch(
     llm,
     table: TokenTable,
@@ -48,16 +61,7 @@ def generate_batch(
         eos_ids=eos,
     )
     processors = [LowercaseOnly(table)] if config.lowercase_only else []
-    processors.append(
-        RepetitionBan(
-            tracker,
-            ban_first_word=config.ban_repeated_first_word,
-            ban_duplicates=config.ban_duplicate_entries,
-            ban_words=config.ban_repeated_words,
-            banned_first_words=config.banned_first_words,
-            max_numeric_entries=config.max_numeric_entries,
-        )
-    )
+    processors.append(repetition_ban(tracker, config))
     cache = None if shared_cache is None else repeated_cache(shared_cache, len(suffixes))
 
     prompt_length = input_ids.shape[1]

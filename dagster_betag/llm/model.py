@@ -35,13 +35,14 @@ safetensors or GGUF only, and nothing is fetched from a model hub (``local_files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster_betag.knobs import knob
-from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription
+from dagster_betag.llm.prompts import ItemDescription
+from dagster_betag.llm.tagger import BaseTagContext
 from dagster_betag.llm.weights import (
     FINGERPRINT_CHARS,
     EmbeddedModel,
@@ -56,7 +57,7 @@ from dagster_betag.llm.weights import (
 from dagster_betag.settings import REPO_ROOT
 
 if TYPE_CHECKING:  # base_tags imports torch; it is imported when base tags are generated
-    from dagster_betag.llm.base_tags import BaseTagConfig, FewShot
+    from dagster_betag.llm.base_tags import BaseTagConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_CACHE_DIR = REPO_ROOT / "models" / "cache"
@@ -129,22 +130,14 @@ class LoadedLLM:
         items: Sequence[ItemDescription],
         config: BaseTagConfig,
         *,
-        few_shot: FewShot = DEFAULT_FEW_SHOT,
+        context: BaseTagContext = BaseTagContext(),
         on_batch: Callable[[int], None] | None = None,
-        catalog_values: Mapping[str, Iterable[str]] | None = None,
     ) -> list[list[str]]:
         """``base_tags.generate_base_tags`` with this model (the ``tagger.Tagger`` protocol)."""
         # imported here: this module stays free of torch and transformers until weights load
         from dagster_betag.llm import base_tags
 
-        return base_tags.generate_base_tags(
-            self,
-            items,
-            config,
-            few_shot=few_shot,
-            on_batch=on_batch,
-            catalog_values=catalog_values,
-        )
+        return base_tags.generate_base_tags(self, items, config, context=context, on_batch=on_batch)
 
 
 def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> LoadedLLM:

@@ -22,7 +22,7 @@ from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.betag import BetagConfig, generate_betags
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
-from dagster_betag.llm.tagger import Tagger
+from dagster_betag.llm.tagger import BaseTagContext, Tagger
 from dagster_betag.llm.vocabulary import TagMap
 from dagster_betag.plots import loss_curve_png
 from dagster_betag.progress import Progress
@@ -53,15 +53,13 @@ def base_tag_run(
     by_id = {item.item_id: item for item in items}
     # built once from every item in scope (pass them all, even when ``only`` selects an item
     # shard), so an item's tags never depend on the shard it lands in
-    catalog_values = catalog_attribute_values(items)
+    context = BaseTagContext(few_shot, catalog_attribute_values(items))
     # what the prompt shows of the item: when it changes, the item is tagged again
     versions = {item.item_id: stable_hash(describe_item(item)) for item in items}
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         items_in_shard = [by_id[i] for i in item_ids]
-        tags = tagger.generate_base_tags(
-            items_in_shard, config, few_shot=few_shot, on_batch=advance, catalog_values=catalog_values
-        )
+        tags = tagger.generate_base_tags(items_in_shard, config, context=context, on_batch=advance)
         return pl.DataFrame(
             {
                 "item_id": item_ids,

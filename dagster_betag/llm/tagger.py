@@ -9,11 +9,29 @@ mixed with another's.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT
 
 if TYPE_CHECKING:  # annotations only: this module stays importable without torch
     from dagster_betag.llm.base_tags import BaseTagConfig, FewShot
     from dagster_betag.llm.prompts import ItemDescription
+
+
+@dataclass(frozen=True)
+class BaseTagContext:
+    """The catalog-wide inputs of one base-tag run, the same for every item and shard (so an
+    item's tags never depend on the shard it is tagged in); here, not in ``base_tags``, so
+    that taggers can default to it without importing torch.
+
+    ``few_shot``: the examples the prompt shows. ``catalog_values``: every value of the
+    exclusive attributes over the catalog (``base_tags.catalog_attribute_values``); a tag
+    naming one the item does not have is dropped. None drops nothing.
+    """
+
+    few_shot: FewShot = DEFAULT_FEW_SHOT
+    catalog_values: Mapping[str, Iterable[str]] | None = None
 
 
 class Tagger(Protocol):
@@ -30,9 +48,8 @@ class Tagger(Protocol):
         items: Sequence[ItemDescription],
         config: BaseTagConfig,
         *,
-        few_shot: FewShot = ...,
+        context: BaseTagContext = ...,
         on_batch: Callable[[int], None] | None = None,
-        catalog_values: Mapping[str, Iterable[str]] | None = None,
     ) -> list[list[str]]:
         """Each item's base tags (at most ``config.num_tags``), in the order of ``items``;
         ``on_batch(n)`` after each n items done."""
