@@ -25,6 +25,7 @@ from dagster_betag.datasets import (
     source_hashes,
     write_landing,
 )
+from dagster_betag.files import DiskFullError
 
 SHARED_ML_LATEST_SMALL = Path(__file__).parents[2] / "shared/data/ml-latest-small"
 
@@ -482,7 +483,7 @@ def break_third_table_rename(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("break_rewrite", "error", "message"),
     [
-        pytest.param(break_third_table_write, OSError, "No space left", id="table-write-fails"),
+        pytest.param(break_third_table_write, DiskFullError, "no space left to write .*events.parquet", id="table-write-fails"),
         pytest.param(break_third_table_rename, PermissionError, "Permission denied", id="rename-rolls-back"),
     ],
 )
