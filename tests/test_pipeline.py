@@ -14,6 +14,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
+from dagster_betag.defs.resources import LLMResource
 from dagster_betag.evaluation.tag_sources import tag_source_names
 from dagster_betag.hashing import stable_hash
 from dagster_betag.warehouse import natively_tagged_items
@@ -260,7 +261,10 @@ def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir,
     point_at(dataset.folder, warehouse, tiny_model_dir)
     job = defs.resolve_job_def("betag_pipeline").get_subset(asset_selection={AssetKey(["llm", "base_tags"])})
     run_config = {"ops": {"llm__base_tags": SMALL_LLM_RUN["ops"]["llm__base_tags"]}}
-    again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), tags=every_item_shard())
+    # nothing is left to tag, so the model's weights are never loaded (its identity keys the shards)
+    with monkeypatch.context() as patched:
+        patched.setattr(LLMResource, "load", lambda self: pytest.fail("loaded the model with nothing to tag"))
+        again = job.execute_in_process(run_config=run_config, instance=DagsterInstance.ephemeral(), tags=every_item_shard())
     metadata = again.asset_materializations_for_node("llm__base_tags")[0].metadata
     assert metadata["n_generated"].value == 0 and metadata["n_skipped_already_done"].value > 0
     # the adapter of unchanged inputs is found under its id, not trained again

@@ -17,8 +17,8 @@ from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, read_dataset
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
-from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm
-from dagster_betag.llm.tagger import Tagger
+from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm, model_identity
+from dagster_betag.llm.tagger import DeferredTagger, Tagger
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import WarehouseLayout
 
@@ -84,16 +84,20 @@ class LLMResource(ConfigurableResource):
     )
     api_max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, description="API requests in flight at once.")
 
+    def _config(self) -> LLMConfig:
+        return LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device)
+
     def load(self) -> LoadedLLM:
         """A fresh model each call: finetuning wraps the weights it is given, so no two
         assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
-        return load_llm(LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device))
+        return load_llm(self._config())
 
     def base_tagger(self, cache_dir: Path) -> Tagger:
         """What writes base tags: the model behind ``api_base_url`` when set (its answers cached
-        under ``cache_dir``, so a rerun asks nothing twice), else the local model."""
+        under ``cache_dir``, so a rerun asks nothing twice), else the local model, loaded only
+        once there is something to tag."""
         if self.api_base_url is None:
-            return self.load()
+            return DeferredTagger(model_identity(self._config()), self.load)
         config = ApiConfig(
             base_url=self.api_base_url,
             model=self.api_model or "",

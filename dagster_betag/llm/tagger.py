@@ -9,13 +9,14 @@ mixed with another's.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT
 
 if TYPE_CHECKING:  # annotations only: this module stays importable without torch
     from dagster_betag.llm.base_tags import BaseTagConfig, FewShot
+    from dagster_betag.llm.model import ModelIdentity
     from dagster_betag.llm.prompts import ItemDescription
 
 
@@ -54,3 +55,38 @@ class Tagger(Protocol):
         """Each item's base tags (at most ``config.num_tags``), in the order of ``items``;
         ``on_batch(n)`` after each n items done."""
         ...
+
+
+@dataclass
+class DeferredTagger:
+    """A local model as a ``Tagger`` whose weights load on the first ``generate_base_tags``:
+    its run key comes from ``identity`` (``model.model_identity``), so a run with nothing left
+    to tag (a refresh of an unchanged catalog) never loads them."""
+
+    identity: ModelIdentity
+    load: Callable[[], Tagger]
+    _loaded: Tagger | None = field(default=None, init=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    @property
+    def precision(self) -> str:
+        return self.identity.precision
+
+    def generate_base_tags(
+        self,
+        items: Sequence[ItemDescription],
+        config: BaseTagConfig,
+        *,
+        context: BaseTagContext = BaseTagContext(),
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        if self._loaded is None:
+            self._loaded = self.load()
+        return self._loaded.generate_base_tags(items, config, context=context, on_batch=on_batch)
