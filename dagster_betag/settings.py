@@ -80,13 +80,14 @@ def schedule_profile() -> str:
     return os.environ.get(PROFILE_ENV) or "quick"
 
 
-def schedule_settings() -> tuple[str, str, int]:
-    """(catalog refresh cron, re-finetune cron, new train interactions that warrant re-finetuning)."""
-    return (
-        os.environ.get(REFRESH_CRON_ENV) or "0 3 * * *",
-        os.environ.get(REFINETUNE_CRON_ENV) or "0 4 * * 0",
-        int(os.environ.get(REFINETUNE_THRESHOLD_ENV) or "1000"),
-    )
+def schedule_crons() -> tuple[str, str]:
+    """(catalog refresh cron, re-finetune cron): $BETAG_REFRESH_CRON, $BETAG_REFINETUNE_CRON."""
+    return os.environ.get(REFRESH_CRON_ENV) or "0 3 * * *", os.environ.get(REFINETUNE_CRON_ENV) or "0 4 * * 0"
+
+
+def refinetune_threshold() -> int:
+    """New train interactions that warrant finetuning again: $BETAG_REFINETUNE_MIN_NEW_INTERACTIONS, else 1000."""
+    return int(os.environ.get(REFINETUNE_THRESHOLD_ENV) or "1000")
 
 
 def dataset_candidates(configured: str | os.PathLike | None = None) -> list[Path]:

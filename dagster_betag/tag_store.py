@@ -97,6 +97,20 @@ def current_base_tags(layout: WarehouseLayout) -> dict[str, list[str]]:
     return _tags_by_item(layout, CURRENT_BASE_TAGS, "list(tag order by tag_rank)")
 
 
+def base_tags_to_prompt(layout: WarehouseLayout) -> dict[str, list[str]]:
+    """Every item with a current base-tag generation -> what ``marts.item_base_tags`` shows for
+    it: its canonical base tags in rank order, [] when the vocabulary dropped them all (such an
+    item is still prompted for BETags, with exactly that)."""
+    with connect_readonly(layout.database_path) as connection:
+        _, rows = fetch_rows(
+            connection,
+            f"select generation.item_id, coalesce(list(tag order by tag_rank) filter (where tag is not null), []) "
+            f"from {CURRENT_RAW_BASE_TAGS} as generation left join {CURRENT_BASE_TAGS} using (item_id) "
+            "group by generation.item_id",
+        )
+    return {item_id: list(tags) for item_id, tags in rows}
+
+
 def tag_map_path(layout: WarehouseLayout) -> Path:
     return layout.landing_dir / "tag_vocabulary" / "tag_vocabulary.parquet"
 

@@ -20,6 +20,7 @@ import pytest
 from dagster import DagsterInstance
 
 from dagster_betag import settings
+from dagster_betag.defs.assets.warehouse_models import base_tag_generation_models, canonical_base_tag_models
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
@@ -70,12 +71,15 @@ def finish(process: subprocess.Popen, timeout: int = 400) -> str:
     return output
 
 
-def build_warehouse(defs, dataset: Path, warehouse: Path, model: Path) -> None:
+def build_warehouse(defs, dataset: Path, warehouse: Path, model: Path, assets=None) -> None:
+    """The warehouse_build job in-process, or with ``assets`` the pipeline's steps that build them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(settings.DATASET_ENV, str(dataset))
         patch.setenv(settings.WAREHOUSE_ENV, str(warehouse))
         patch.setenv(settings.MODEL_ENV, str(model))
-        assert defs.resolve_job_def("warehouse_build").execute_in_process(instance=DagsterInstance.ephemeral()).success
+        job = defs.resolve_job_def("warehouse_build" if assets is None else "betag_pipeline")
+        job = job if assets is None else job.get_subset(asset_selection=set(assets))
+        assert job.execute_in_process(instance=DagsterInstance.ephemeral()).success
 
 
 def published(warehouse: Path, table: str) -> pl.DataFrame:
@@ -106,6 +110,8 @@ def test_two_item_shards_in_concurrent_runs_give_the_unpartitioned_tags(referenc
             shutil.copy(reference_warehouse / "landing" / "current_adapter.json", warehouse / "landing")
             vocabulary = Path("landing") / "tag_vocabulary"
             shutil.copytree(reference_warehouse / vocabulary, warehouse / vocabulary)
+            # the base tags that BETags are prompted with: the dbt tables over both shards' runs
+            build_warehouse(defs, dataset, warehouse, model, [*base_tag_generation_models.keys, *canonical_base_tag_models.keys])
         home = tmp_path / f"dagster-home-{step}"
         env = environment(dataset, warehouse, model, home, **{settings.ITEM_SHARDS_ENV: "2"})
         op = select.replace("/", "__")

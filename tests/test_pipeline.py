@@ -167,11 +167,8 @@ def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
     _, result, connection = built
     n_kcore = query(connection, "select count(*) from marts.dim_items where is_in_kcore")[0][0]
     assert query(connection, "select count(distinct item_id) from staging.stg_base_tag_generations")[0][0] == n_kcore
-    # BETags are prompted with an item's canonical base tags: every item that has some gets them
-    with_base_tags = {row[0] for row in query(connection, "select distinct item_id from marts.item_base_tags")}
     beams = query(connection, "select item_id, count(*), bool_or(is_base_tags) from marts.item_betag_beams group by 1")
-    assert with_base_tags and {item_id for item_id, _, _ in beams} == with_base_tags
-    assert all(n == 1 + 2 and has_base for _, n, has_base in beams)
+    assert len(beams) == n_kcore and all(n == 1 + 2 and has_base for _, n, has_base in beams)
     documents = query(connection, "select tag_source, count(*) from marts.item_tag_documents group by 1")
     sources = list(tag_source_names())
     assert dict(documents) == dict.fromkeys(sources, n_kcore)
@@ -356,8 +353,9 @@ def test_betags_are_prompted_with_the_base_tags_the_marts_show(built):
     shown = dict(query(connection, "select item_id, list(tag order by tag_rank) from marts.item_base_tags group by item_id"))
     prompted = query(connection, "select item_id, input_hash from intermediate.int_betag_generations_selected where variant = 'betag'")
     assert prompted
+    # (an item whose base tags the vocabulary dropped entirely is prompted with none, as shown)
     for item_id, input_hash in prompted:
-        assert input_hash == stable_hash(list(shown[item_id])), item_id
+        assert input_hash == stable_hash(list(shown.get(item_id, []))), item_id
     # and the tag vocabulary was built from the current generations dbt shows
     raw = dict(query(connection, "select item_id, tags from intermediate.int_base_tag_generations_current"))
     assert set(dict(query(connection, "select item_id, 1 from marts.item_base_tags"))) <= set(raw)

@@ -155,7 +155,9 @@ def tag_table_keys(defs):
 
 
 def test_weekly_refinetune_runs_only_when_enough_behavior_arrived(catalog, monkeypatch):
-    from dagster_betag.defs.schedules import weekly_refinetune  # imports the assets: after the manifest fixture
+    from dagster_betag.defs.schedules import build_schedules  # imports the assets: after the manifest fixture
+
+    weekly_refinetune = next(schedule for schedule in build_schedules() if schedule.name == "weekly_refinetune")
 
     _, warehouse = catalog
     resource = WarehouseResource(directory=str(warehouse))

@@ -1,9 +1,10 @@
 """Schedules: a daily catalog refresh and a weekly re-finetune when behavior has grown.
 
-Cron strings and the threshold come from the environment, read when the definitions are
-built, so a deployment changes them without code: BETAG_REFRESH_CRON (default daily 03:00),
-BETAG_REFINETUNE_CRON (default Sundays 04:00), BETAG_REFINETUNE_MIN_NEW_INTERACTIONS
-(default 1000 train interactions), and BETAG_PROFILE for the scope of both.
+Cron strings come from the environment when the definitions are built, the threshold and the
+profile at each tick, so a deployment changes them without code: BETAG_REFRESH_CRON (default
+daily 03:00), BETAG_REFINETUNE_CRON (default Sundays 04:00),
+BETAG_REFINETUNE_MIN_NEW_INTERACTIONS (default 1000 train interactions), and BETAG_PROFILE
+for the scope of both.
 """
 
 from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, SkipReason, schedule
@@ -31,8 +32,8 @@ def refresh_run_request(ops, run_key: str | None = None, **tags: str) -> RunRequ
 
 
 def build_schedules() -> list[ScheduleDefinition]:
-    """The two schedules, with the crons and threshold the environment sets now."""
-    refresh_cron, refinetune_cron, threshold = settings.schedule_settings()
+    """The two schedules, on the crons the environment sets now."""
+    refresh_cron, refinetune_cron = settings.schedule_crons()
 
     @schedule(
         job=catalog_refresh,
@@ -50,7 +51,7 @@ def build_schedules() -> list[ScheduleDefinition]:
     def weekly_refinetune(context: ScheduleEvaluationContext, warehouse: WarehouseResource):
         if not warehouse.layout.database_path.is_file():
             return SkipReason(f"no warehouse at {warehouse.layout.directory} yet")
-        growth = behavior_growth(warehouse.layout)
+        growth, threshold = behavior_growth(warehouse.layout), settings.refinetune_threshold()
         if not growth.warrants_refinetune(threshold):
             return SkipReason(
                 f"{growth.n_new} new train interactions since adapter {growth.adapter_id} "

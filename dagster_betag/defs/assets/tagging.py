@@ -152,8 +152,8 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
     def betags(context: AssetExecutionContext, config: BetagsRunConfig, llm: LLMResource, warehouse: WarehouseResource):
         layout = warehouse.layout
         scope = [row["item_id"] for row in tagging_scope(layout.database_path, config.max_items)]
-        canonical = tag_store.current_base_tags(layout)
-        items = {item_id: canonical[item_id] for item_id in scope if item_id in canonical}
+        prompts = tag_store.base_tags_to_prompt(layout)
+        items = {item_id: prompts[item_id] for item_id in scope if item_id in prompts}
         metadata, tagged = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
         for variant in (v for v in ABLATIONS if v.name in config.ablations):
             variant_metadata, variant_tagged = decode_variant(context, warehouse, partitions, variant, config, llm, items)
