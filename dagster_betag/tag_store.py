@@ -57,7 +57,10 @@ def betag_table(
     layout: WarehouseLayout, variant: str, adapter_id: str, tagger: Tagger, decoding: object, vocabulary_id: str
 ) -> ShardedTable:
     """The BETag shards of one variant decoded by one adapter (``"none"``: the base model) with
-    one decoding configuration over one tag vocabulary."""
+    one decoding configuration over one build of the tag vocabulary. ``vocabulary_id`` names
+    the build (its config id), not its content: a catalog refresh extends the vocabulary with
+    the new items' tags and keeps every existing item's BETags; a rebuild with other settings
+    decodes them again."""
     run_key = {
         "variant": variant,
         "adapter_id": adapter_id,

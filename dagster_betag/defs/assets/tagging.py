@@ -186,7 +186,7 @@ def decode_variant(
     into the BETag shards. Returns (metadata, item -> aggregated tags)."""
     layout = warehouse.layout
     base = llm.load()  # a fresh copy: merging an adapter changes the weights it is given
-    tag_map, _ = tag_store.load_tag_map(layout)
+    tag_map, vocabulary_build = tag_store.load_tag_map(layout)
     if variant.finetuned:
         pointer = tag_store.current_adapter(layout)
         if pointer is None:
@@ -199,7 +199,7 @@ def decode_variant(
         adapter_id, model = "none", base
     betag_config = to_dataclass(config, BetagConfig)
     betag_config = replace(betag_config, decoding=variant_decoding(variant, betag_config.decoding))
-    table = tag_store.betag_table(layout, variant.name, adapter_id, base, betag_config, tag_map.vocabulary_id())
+    table = tag_store.betag_table(layout, variant.name, adapter_id, base, betag_config, vocabulary_build or "none")
     context.log.info(f"BETag variant {variant.name}: {betag_config.decoding.num_groups} group(s), adapter {adapter_id}")
     counts = _each_item_shard(
         context,
