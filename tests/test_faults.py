@@ -20,7 +20,6 @@ import pytest
 from dagster import DagsterInstance
 
 from dagster_betag import settings
-from dagster_betag.defs.assets.warehouse_models import base_tag_generation_models, canonical_base_tag_models
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
@@ -111,7 +110,11 @@ def test_two_item_shards_in_concurrent_runs_give_the_unpartitioned_tags(referenc
             vocabulary = Path("landing") / "tag_vocabulary"
             shutil.copytree(reference_warehouse / vocabulary, warehouse / vocabulary)
             # the base tags that BETags are prompted with: the dbt tables over both shards' runs
-            build_warehouse(defs, dataset, warehouse, model, [*base_tag_generation_models.keys, *canonical_base_tag_models.keys])
+            # (imported here: the dbt assets need the manifest that the defs fixture prepares)
+            from dagster_betag.defs.assets.warehouse_models import base_tag_generation_models, canonical_base_tag_models
+
+            tables = [*base_tag_generation_models.keys, *canonical_base_tag_models.keys]
+            build_warehouse(defs, dataset, warehouse, model, tables)
         home = tmp_path / f"dagster-home-{step}"
         env = environment(dataset, warehouse, model, home, **{settings.ITEM_SHARDS_ENV: "2"})
         op = select.replace("/", "__")
