@@ -43,7 +43,7 @@ from dagster_betag.llm.betag import BetagConfig, variant_decoding
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, DEFAULT_FEW_SHOT, ItemDescription, catalog_few_shot
-from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant, variant_named
 from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
 from dagster_betag.plots import markdown_image
 from dagster_betag.refresh import train_interaction_count
@@ -155,7 +155,8 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
         prompts = tag_store.base_tags_to_prompt(layout)
         items = {item_id: prompts[item_id] for item_id in scope if item_id in prompts}
         metadata, tagged = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
-        for variant in (v for v in ABLATIONS if v.name in config.ablations):
+        chosen = {variant_named(name).name for name in config.ablations}  # an unknown name fails in one line
+        for variant in (v for v in ABLATIONS if v.name in chosen):
             variant_metadata, variant_tagged = decode_variant(context, warehouse, partitions, variant, config, llm, items)
             metadata |= plain_values({**variant_metadata, **tag_quality_metadata(variant_tagged, variant.name)}, variant.name)
         sample = [
