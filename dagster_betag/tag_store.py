@@ -31,6 +31,7 @@ from dagster_betag.warehouse import WarehouseLayout, connect_readonly, fetch_row
 
 if TYPE_CHECKING:
     from dagster_betag.llm.base_tags import BaseTagConfig
+    from dagster_betag.llm.model import ModelIdentity
     from dagster_betag.llm.tagger import Tagger  # name, fingerprint and precision: part of every run key
 
 CURRENT_RAW_BASE_TAGS = "intermediate.int_base_tag_generations_current"
@@ -54,20 +55,29 @@ def base_tag_table(
 
 
 def betag_table(
-    layout: WarehouseLayout, variant: str, adapter_id: str, tagger: Tagger, decoding: object, vocabulary_id: str
+    layout: WarehouseLayout,
+    variant: str,
+    adapter_id: str,
+    model: ModelIdentity,
+    decoding: object,
+    vocabulary_id: str,
+    *,
+    first_group_of: ShardedTable | None = None,
 ) -> ShardedTable:
     """The BETag shards of one variant decoded by one adapter (``"none"``: the base model) with
     one decoding configuration over one build of the tag vocabulary. ``vocabulary_id`` names
     the build (its config id), not its content: a catalog refresh extends the vocabulary with
     the new items' tags and keeps every existing item's BETags; a rebuild with other settings
-    decodes them again."""
+    decodes them again. A variant read off group 0 of another's decode (``first_group_of``)
+    keys on that too, apart from one decoded on its own."""
+    derived = {"first_group_of": first_group_of.run_key_hash} if first_group_of else {}
     run_key = {
         "variant": variant,
         "adapter_id": adapter_id,
-        "model": tagger.name,
-        "precision": tagger.precision,
+        "model": model.name,
+        "precision": model.precision,
         "prompt_version": BEHAVIOR_PROMPT_VERSION,
-        "decoding": stable_hash(decoding, length=12),
+        "decoding": stable_hash(decoding, *derived.items(), length=12),
         "vocabulary_id": vocabulary_id,
     }
     return ShardedTable(layout.landing_dir / "betags", run_key, version_column="input_hash")

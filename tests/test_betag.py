@@ -8,6 +8,7 @@ from dagster_betag.llm.betag import (
     BetagConfig,
     WeightedTag,
     aggregate_beams,
+    first_group,
     generate_betags,
     unfinished_entry_dropped,
     variant_decoding,
@@ -65,6 +66,18 @@ def test_profiles_name_the_ablations_the_library_decodes():
     from dagster_betag.profiles import ALL_ABLATIONS
 
     assert ALL_ABLATIONS == [variant.name for variant in ABLATIONS]
+
+
+def test_a_one_beam_variant_read_off_group_0_equals_its_own_decode(tiny_llm):
+    items = [("1", ["space opera", "rebellion"]), ("2", ["heist"]), ("3", ["coming of age", "summer", "friendship"])]
+    items += [(str(n), [f"tag {n}", "drama"]) for n in range(4, 12)]
+    diverse = BetagConfig(decoding=DiverseBeamConfig(num_groups=4, max_new_tokens=16), top_k=6, batch_rows=16)
+    one_beam = replace(diverse, decoding=variant_decoding(variant_named("one_beam"), diverse.decoding))
+    decoded_apart = generate_betags(tiny_llm, items, one_beam)  # other batches, other padding: 16 items per batch
+    from_group_0 = [first_group(result, one_beam) for result in generate_betags(tiny_llm, items, diverse)]
+    assert from_group_0 == decoded_apart
+    # the groups after 0 are pushed elsewhere, so group 0 is not just any group
+    assert any(len(set(r.beam_texts)) > 1 for r in generate_betags(tiny_llm, items, diverse))
 
 
 def test_single_beam_variants_decode_one_group_of_one_beam():

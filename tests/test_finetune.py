@@ -143,3 +143,51 @@ def test_lora_learns_the_windows_and_leaves_base_weights_untouched(tiny_llm):
         if "lora_" not in name:
             original = name.replace("base_model.model.", "").replace(".base_layer", "")
             assert torch.equal(parameter, base_before[original]), name
+
+
+def _full_logits_loss_and_grads(llm, batch):
+    """The first version's loss: the model's own loss over (batch, length, vocabulary) logits."""
+    from dagster_betag.llm.lora_loss import IGNORE_INDEX as IGNORE
+
+    width = max(len(e.input_ids) for e in batch)
+    pad = llm.tokenizer.pad_token_id
+    ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in batch])
+    labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in batch])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch])
+    llm.model.zero_grad()
+    loss = llm.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in llm.model.parameters()]
+
+
+def test_cheap_loss_paths_give_the_full_logits_loss_and_gradients(tiny_llm):
+    """Answer logits only, a shared prefix and micro-batches change the cost, not the loss or
+    its gradient: each switch, and all together, against the model's own full-logits loss."""
+    from dataclasses import replace
+
+    from dagster_betag.llm.lora_loss import batch_loss, micro_batches
+    from dagster_betag.llm.prefix import shared_prefix_length
+
+    rng = random.Random(3)
+    words = ["love", "war", "family", "space", "crime", "music", "robots", "summer"]
+    batch = [
+        encode_example(tiny_llm.tokenizer, [rng.sample(words, 3) for _ in range(n)], rng.sample(words, 4), 256)
+        for n in (1, 1, 2, 3)
+    ]
+    tiny_llm.model.train(False)
+    for parameter in tiny_llm.model.parameters():
+        parameter.requires_grad_(True)
+    reference_loss, reference_grads = _full_logits_loss_and_grads(tiny_llm, batch)
+    first_version = LoraConfig(
+        answer_logits_only=False, share_prompt_prefix=False, max_batch_tokens=None, compute_dtype="float32"
+    )
+    switches = [{"answer_logits_only": True}, {"share_prompt_prefix": True}, {"max_batch_tokens": 90}]
+    for changes in [{}, *switches, {k: v for s in switches for k, v in s.items()}]:
+        config = replace(first_version, **changes)
+        tiny_llm.model.zero_grad()
+        loss = batch_loss(tiny_llm.model, batch, tiny_llm, config, backward_weight=1.0)
+        assert abs(loss - reference_loss) < 1e-5, changes
+        for grad, reference in zip((p.grad for p in tiny_llm.model.parameters()), reference_grads, strict=True):
+            torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+    assert len(micro_batches(batch, replace(first_version, max_batch_tokens=90))) > 1  # the budget did split it
+    assert shared_prefix_length([e.input_ids for e in batch]) > 20  # the instruction is shared

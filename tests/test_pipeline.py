@@ -188,6 +188,18 @@ def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
     assert {v: (n, beams) for v, n, beams in variants} == {
         "betag": (n_kcore, 2), "no_finetune": (n_kcore, 2), "one_beam": (n_kcore, 1), "neither": (n_kcore, 1)
     }
+    # the one-beam variants are group 0 of their model's diverse decode, not decoded again
+    group_0 = query(
+        connection,
+        "select one.variant, count(*), count(*) filter (where one.beam_texts[1] = diverse.beam_texts[1]) "
+        "from intermediate.int_betag_generations_selected one join intermediate.int_betag_generations_selected diverse "
+        "using (item_id) where (one.variant = 'one_beam' and diverse.variant = 'betag') "
+        "or (one.variant = 'neither' and diverse.variant = 'no_finetune') "
+        "group by 1",
+    )
+    assert sorted(group_0) == [("neither", n_kcore, n_kcore), ("one_beam", n_kcore, n_kcore)]
+    betags = next(m for m in result.asset_materializations_for_node("llm__betags"))
+    assert betags.metadata["one_beam/from_first_group_of_a_diverse_decode"].value is True
     adapter = next(m for m in result.asset_materializations_for_node("llm__behavior_adapter"))
     assert (Path(adapter.metadata["folder"].value) / "adapter_model.safetensors").exists()
     assert "data:image/png;base64" in adapter.metadata["loss_curve"].value

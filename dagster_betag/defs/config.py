@@ -77,20 +77,34 @@ SCOPE_FIELDS: dict[str, Any] = {
 }
 
 
-ABLATIONS_FIELD = (
-    list[str],
-    Field(
-        default=list(ABLATION_NAMES),
-        description=f"Table 3 ablations decoded after the BETags: {', '.join(ABLATION_NAMES)} ([] = none).",
+# which Table 3 variants the BETag asset writes besides the BETags, and how
+ABLATION_FIELDS: dict[str, Any] = {
+    "ablations": (
+        list[str],
+        Field(
+            default=list(ABLATION_NAMES),
+            description=f"Table 3 ablations written after the BETags: {', '.join(ABLATION_NAMES)} ([] = none).",
+        ),
     ),
-)
+    "one_beam_from_first_group": (
+        bool,
+        Field(
+            default=True,
+            description=(
+                "The one-beam ablations (one_beam, neither) are read off group 0 of the same model's diverse decode "
+                "in this run (no diversity penalty reaches group 0, so it is their greedy beam) instead of being "
+                "decoded again; needs decoding.beams_per_group = 1, else they are decoded."
+            ),
+        ),
+    ),
+}
 
 # one config class per asset, named after the asset
 BaseTagsRunConfig = run_config_class(BaseTagConfig, "BaseTagsRunConfig", SCOPE_FIELDS)
 TagVocabularyRunConfig = run_config_class(VocabularyConfig, "TagVocabularyRunConfig")
 FinetuneExamplesRunConfig = run_config_class(WindowConfig, "FinetuneExamplesRunConfig")
 BehaviorAdapterRunConfig = run_config_class(LoraConfig, "BehaviorAdapterRunConfig")
-BetagsRunConfig = run_config_class(BetagConfig, "BetagsRunConfig", {**SCOPE_FIELDS, "ablations": ABLATIONS_FIELD})
+BetagsRunConfig = run_config_class(BetagConfig, "BetagsRunConfig", {**SCOPE_FIELDS, **ABLATION_FIELDS})
 EvaluationRunConfig = run_config_class(EvaluationConfig, "EvaluationRunConfig")
 
 

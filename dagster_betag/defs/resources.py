@@ -17,7 +17,7 @@ from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, read_dataset
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
-from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, load_llm, model_identity
+from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, ModelIdentity, load_llm, model_identity
 from dagster_betag.llm.tagger import DeferredTagger, Tagger
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import WarehouseLayout
@@ -86,6 +86,10 @@ class LLMResource(ConfigurableResource):
 
     def _config(self) -> LLMConfig:
         return LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device)
+
+    def identity(self) -> ModelIdentity:
+        """Name, fingerprint and precision of the local model, without loading it."""
+        return model_identity(self._config())
 
     def load(self) -> LoadedLLM:
         """A fresh model each call: finetuning wraps the weights it is given, so no two

@@ -78,6 +78,16 @@ def variant_decoding(variant: BetagVariant, decoding: DiverseBeamConfig) -> Dive
     return decoding if variant.multi_beam else replace(decoding, num_groups=1, beams_per_group=1)
 
 
+def first_group(item: ItemBetags, config: BetagConfig) -> ItemBetags:
+    """The result a decode of one group of one beam gives, read off a diverse decode of the same
+    model with one beam per group: group 0 gets no diversity penalty (no group before it), its
+    beam search of one beam is greedy, and nothing of later groups reaches it (each row keeps
+    its own rules and cache). ``config`` is the one-beam variant's (aggregation knobs)."""
+    n_base = 1 if config.include_base_tags else 0
+    beams = item.beam_tags[: n_base + 1]
+    return ItemBetags(item.item_id, item.beam_texts[:1], beams, aggregate_beams(beams, config.top_k))
+
+
 def unfinished_entry_dropped(text: str, finished: bool) -> str:
     """A beam cut by max_new_tokens ends inside an entry ("family-fr"): keep only whole entries."""
     if finished:

@@ -23,9 +23,7 @@ import torch
 
 from dagster_betag.knobs import knob
 from dagster_betag.llm.behavior import answer_text, prompt_text
-
-IGNORE_INDEX = -100  # label of tokens that do not count in the loss
-
+from dagster_betag.llm.lora_loss import COMPUTE_DTYPES, IGNORE_INDEX, EncodedExample, batch_loss
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -197,12 +195,6 @@ def sample_tags(tags: Sequence[str], rng: random.Random, min_share: float) -> li
     return [tag for index, tag in enumerate(tags) if index in kept]
 
 
-@dataclass(frozen=True)
-class EncodedExample:
-    input_ids: list[int]  # prompt + answer tokens
-    labels: list[int]  # IGNORE_INDEX on the prompt, the token ids on the answer
-
-
 def encode_example(
     tokenizer, context_tags: Sequence[Sequence[str]], target_tags: Sequence[str], max_length: int
 ) -> EncodedExample:
@@ -236,12 +228,38 @@ class LoraConfig:
     epochs: int = knob(1, "Passes over the training windows.")
     learning_rate: float = knob(5e-4, "AdamW learning rate after warmup, then decayed linearly to 0.")
     warmup_steps: int = knob(10, "Optimizer steps of linear warmup.")
-    batch_size: int = knob(8, "Examples per forward pass (batched by similar length).")
+    batch_size: int = knob(8, "Examples per batch (batched by similar length).")
     gradient_accumulation: int = knob(1, "Batches per optimizer step.")
+    max_batch_tokens: int | None = knob(
+        1024,
+        "A batch runs through the model in micro-batches of at most this many tokens (rows x padded length; one row "
+        "at least), their gradients summed with weights that make the step the same as one pass over the whole "
+        "batch: this bounds the activation memory whatever the window lengths; null runs each batch whole.",
+    )
+    answer_logits_only: bool = knob(
+        True,
+        "Compute the output projection and the loss at answer positions only (the loss covers nothing else); "
+        "false computes the (batch, length, vocabulary) logits of every position, as the first version did.",
+    )
+    compute_dtype: str = knob(
+        "auto",
+        "Precision of the matrix products of the forward and backward passes (torch.autocast; the adapter weights, "
+        "gradients and optimizer stay float32): auto = bfloat16 on CUDA and on CPUs with bf16 dot products "
+        "(AVX512_BF16, AMX), else float32; float32; bfloat16.",
+    )
+    share_prompt_prefix: bool = knob(
+        True,
+        "Run the prompt prefix every example starts with (the behavior instruction) once per micro-batch, its "
+        "key/value cache shared by the rows (same loss, gradients through it); false runs every example whole.",
+    )
     max_length: int = knob(384, "Tokens per example at most; the oldest context items are dropped first.")
     min_tag_share: float = knob(0.8, "Each item keeps a random min_tag_share-100 % of its tags per epoch.")
     max_answer_tags: int = knob(8, "Tags per answer at most: as many as a BETag beam may write (max_tags_per_beam).")
     seed: int = knob(0, "Seed of the adapter's initialization, the tag sampling and the batch order.")
+
+    def __post_init__(self) -> None:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
 
 
 @dataclass
@@ -303,11 +321,7 @@ def train_lora(
         batches = length_grouped_batches(examples, config.batch_size, rng)
         for first in range(0, len(batches), config.gradient_accumulation):
             group = batches[first : first + config.gradient_accumulation]
-            losses = []
-            for batch in group:
-                loss = _batch_loss(peft_model, batch, llm) / len(group)
-                loss.backward()
-                losses.append(loss.item() * len(group))
+            losses = [batch_loss(peft_model, batch, llm, config, backward_weight=1 / len(group)) for batch in group]
             torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
@@ -355,28 +369,16 @@ def _warmup_then_linear(warmup_steps: int, total_steps: int) -> Callable[[int], 
     return factor
 
 
-def _batch_loss(model, batch: Sequence[EncodedExample], llm) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a right-padded batch."""
-    width = max(len(example.input_ids) for example in batch)
-    pad = llm.tokenizer.pad_token_id
-    input_ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in batch])  # (B, T)
-    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in batch])  # (B, T)
-    attention_mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch])
-    device = llm.device
-    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
-        output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device))
-    return output.loss
-
-
 @torch.no_grad()
 def _mean_loss(model, examples: Sequence[EncodedExample], config: LoraConfig, llm) -> float:
+    """Mean cross-entropy per answer token over ``examples``, in batches of ``batch_size``."""
     if not examples:
         return float("nan")
     model.eval()
     total, weight = 0.0, 0
     for first in range(0, len(examples), config.batch_size):
         batch = examples[first : first + config.batch_size]
-        n_answer_tokens = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in batch)
-        total += _batch_loss(model, batch, llm).item() * n_answer_tokens
+        n_answer_tokens = sum(example.n_answer_tokens for example in batch)
+        total += batch_loss(model, batch, llm, config) * n_answer_tokens
         weight += n_answer_tokens
     return total / weight

@@ -19,7 +19,7 @@ import polars as pl
 from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
-from dagster_betag.llm.betag import BetagConfig, generate_betags
+from dagster_betag.llm.betag import BetagConfig, ItemBetags, WeightedTag, first_group, generate_betags
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
 from dagster_betag.llm.tagger import BaseTagContext, Tagger
@@ -83,13 +83,25 @@ def betag_run(
     shard_size: int,
     log: Log,
     tag_map: TagMap | None = None,
+    first_group_of: ShardedTable | None = None,
 ) -> RunCounts:
     """BETags of the items in ``base_tags`` not yet in ``table`` for their current base tags
-    (the prompt's input), then published; ``tag_map`` canonicalizes (and may constrain) the beams."""
+    (the prompt's input), then published; ``tag_map`` canonicalizes (and may constrain) the beams.
+
+    With ``first_group_of`` (the shards of a diverse decode of the same model, already run
+    for these items), nothing is decoded: each item's one-beam result is group 0 of its
+    diverse decode (``betag.first_group``); ``llm`` may then be None.
+    """
     versions = {item_id: stable_hash(list(tags)) for item_id, tags in base_tags.items()}
 
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
-        results = generate_betags(llm, [(i, base_tags[i]) for i in item_ids], config, tag_map=tag_map, on_batch=advance)
+        if first_group_of is None:
+            results = generate_betags(
+                llm, [(i, base_tags[i]) for i in item_ids], config, tag_map=tag_map, on_batch=advance
+            )
+        else:
+            results = [first_group(item, config) for item in _stored_betags(first_group_of, item_ids, versions)]
+            advance(len(item_ids))
         return pl.DataFrame(
             {
                 "item_id": [r.item_id for r in results],
@@ -111,6 +123,29 @@ def betag_run(
 
     keys = list(base_tags)
     return run_resumable(keys, table, produce, shard_size=shard_size, what="BETags", log=log, versions=versions)
+
+
+def _stored_betags(table: ShardedTable, item_ids: Sequence[str], versions: Mapping[str, str]) -> list[ItemBetags]:
+    """The rows ``table`` holds for ``item_ids`` at their current ``versions``, in that order."""
+    frame = table.read()
+    rows = {} if frame is None else {
+        row["item_id"]: row for row in frame.sort("generated_at").iter_rows(named=True)
+        if versions.get(row["item_id"]) == row["input_hash"]
+    }
+    missing = [item_id for item_id in item_ids if item_id not in rows]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} item(s), e.g. {missing[0]!r}, have no current diverse decode to take group 0 from"
+        )
+    return [
+        ItemBetags(
+            item_id,
+            rows[item_id]["beam_texts"],
+            rows[item_id]["beam_tags"],
+            [WeightedTag(**tag) for tag in rows[item_id]["tags"]],
+        )
+        for item_id in item_ids
+    ]
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,36 @@ import copy
 import torch
 
 
+MIN_SHARED_PREFIX = 8  # tokens: a shorter shared prefix is not worth a cache
+
+
+def shared_prefix_length(encoded: list[list[int]], limit: int | None = None) -> int:
+    """Tokens at the start of every sequence of ``encoded``, at most ``limit`` and at most all
+    but one token of the shortest (each keeps a rest); 0 when under ``MIN_SHARED_PREFIX``."""
+    if not encoded:
+        return 0
+    first = encoded[0]
+    common = min(len(ids) for ids in encoded) - 1
+    if limit is not None:
+        common = min(common, limit)
+    for ids in encoded[1:]:
+        length = 0
+        while length < common and ids[length] == first[length]:
+            length += 1
+        common = length
+    return common if common >= MIN_SHARED_PREFIX else 0
+
+
 def split_shared_prefix(tokenizer, prompts: list[str], *, enabled: bool = True) -> tuple[list[int], list[list[int]]]:
     """Token ids of the prompts' longest common prefix, and of each prompt's rest.
 
     Every prompt keeps its own tokenization (the split is on token ids), so prefix + rest is
     exactly the prompt's tokens. At least one token of each prompt stays out of the prefix;
-    a prefix under 8 tokens is not worth a cache and comes back empty.
+    a prefix under ``MIN_SHARED_PREFIX`` tokens comes back empty.
     """
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if not enabled or not encoded:
-        return [], encoded
-    first = encoded[0]
-    common = min(len(ids) for ids in encoded) - 1
-    for ids in encoded[1:]:
-        limit = 0
-        while limit < common and ids[limit] == first[limit]:
-            limit += 1
-        common = limit
-    if common < 8:
-        return [], encoded
-    return first[:common], [ids[common:] for ids in encoded]
+    common = shared_prefix_length(encoded) if enabled else 0
+    return encoded[0][:common] if common else [], [ids[common:] for ids in encoded]
 
 
 @torch.inference_mode()

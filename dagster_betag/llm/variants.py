@@ -35,6 +35,12 @@ VARIANTS = (FULL_BETAG, *ABLATIONS)
 ABLATION_NAMES = tuple(variant.name for variant in ABLATIONS)
 
 
+def diverse_twin(variant: BetagVariant) -> BetagVariant:
+    """The multi-beam variant decoded by the same model (finetuned or not) as ``variant``: a
+    one-beam variant is group 0 of its decode (``betag.first_group``)."""
+    return next(v for v in VARIANTS if v.multi_beam and v.finetuned == variant.finetuned)
+
+
 def variant_named(name: str) -> BetagVariant:
     for variant in VARIANTS:
         if variant.name == name:

@@ -10,7 +10,7 @@ shards is known.
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -43,11 +43,11 @@ from dagster_betag.llm.betag import BetagConfig, variant_decoding
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, DEFAULT_FEW_SHOT, ItemDescription, catalog_few_shot
-from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant, variant_named
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant, diverse_twin, variant_named
 from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
 from dagster_betag.plots import markdown_image
 from dagster_betag.refresh import train_interaction_count
-from dagster_betag.shards import RunCounts, item_shard_of
+from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
 from dagster_betag.warehouse import (
     behavior_sessions,
     markdown_table,
@@ -154,11 +154,20 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
         scope = [row["item_id"] for row in tagging_scope(layout.database_path, config.max_items)]
         prompts = tag_store.base_tags_to_prompt(layout)
         items = {item_id: prompts[item_id] for item_id in scope if item_id in prompts}
-        metadata, tagged = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
+        full = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
+        metadata, tagged = full.metadata, full.tagged
+        written = {FULL_BETAG.name: full}
         chosen = {variant_named(name).name for name in config.ablations}  # an unknown name fails in one line
         for variant in (v for v in ABLATIONS if v.name in chosen):
-            variant_metadata, variant_tagged = decode_variant(context, warehouse, partitions, variant, config, llm, items)
-            metadata |= plain_values({**variant_metadata, **tag_quality_metadata(variant_tagged, variant.name)}, variant.name)
+            twin = written.get(diverse_twin(variant).name)
+            derive = config.one_beam_from_first_group and not variant.multi_beam and twin is not None
+            derivable = derive and config.decoding.beams_per_group == 1
+            written[variant.name] = decoded = decode_variant(
+                context, warehouse, partitions, variant, config, llm, items, first_group_of=twin if derivable else None
+            )
+            metadata |= plain_values(
+                {**decoded.metadata, **tag_quality_metadata(decoded.tagged, variant.name)}, variant.name
+            )
         sample = [
             (row["title"], ", ".join(items.get(row["item_id"], [])), ", ".join(tagged.get(row["item_id"], [])))
             for row in popular_kcore_items(layout.database_path, 8)
@@ -174,6 +183,13 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
     return [base_tags, betags]
 
 
+@dataclass(frozen=True)
+class DecodedVariant:
+    table: ShardedTable  # its BETag shards (all item shards)
+    metadata: dict
+    tagged: dict[str, list[str]]  # item -> aggregated tags
+
+
 def decode_variant(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
@@ -182,11 +198,13 @@ def decode_variant(
     config: BetagsRunConfig,
     llm: LLMResource,
     items: dict[str, list[str]],
-) -> tuple[dict, dict[str, list[str]]]:
+    *,
+    first_group_of: DecodedVariant | None = None,
+) -> DecodedVariant:
     """Decode ``variant`` for ``items`` (item -> canonical base tags) of the run's item shards
-    into the BETag shards. Returns (metadata, item -> aggregated tags)."""
+    into the BETag shards, or, with ``first_group_of`` (its diverse twin, written in this run),
+    take each item's group 0 of that decode instead (no model is loaded)."""
     layout = warehouse.layout
-    base = llm.load()  # a fresh copy: merging an adapter changes the weights it is given
     tag_map, vocabulary_build = tag_store.load_tag_map(layout)
     if variant.finetuned:
         pointer = tag_store.current_adapter(layout)
@@ -195,13 +213,28 @@ def decode_variant(
                 f"no behavior adapter in {layout.directory}: materialize llm/behavior_adapter "
                 "(the betag_pipeline job or `betag run`) before refreshing BETags"
             )
-        adapter_id, model = pointer["adapter_id"], load_adapter(base, Path(pointer["folder"]))
+        adapter_id = pointer["adapter_id"]
     else:
-        adapter_id, model = "none", base
+        adapter_id = "none"
+    model = None
+    if first_group_of is None:
+        base = llm.load()  # a fresh copy: merging an adapter changes the weights it is given
+        model = load_adapter(base, Path(pointer["folder"])) if variant.finetuned else base
     betag_config = to_dataclass(config, BetagConfig)
     betag_config = replace(betag_config, decoding=variant_decoding(variant, betag_config.decoding))
-    table = tag_store.betag_table(layout, variant.name, adapter_id, base, betag_config, vocabulary_build or "none")
-    context.log.info(f"BETag variant {variant.name}: {betag_config.decoding.num_groups} group(s), adapter {adapter_id}")
+    table = tag_store.betag_table(
+        layout,
+        variant.name,
+        adapter_id,
+        llm.identity(),
+        betag_config,
+        vocabulary_build or "none",
+        first_group_of=first_group_of.table if first_group_of else None,
+    )
+    how = f"group 0 of {first_group_of.table.run_key['variant']}" if first_group_of else "decoded"
+    context.log.info(
+        f"BETag variant {variant.name}: {betag_config.decoding.num_groups} group(s), adapter {adapter_id}, {how}"
+    )
     counts = _each_item_shard(
         context,
         warehouse,
@@ -216,11 +249,13 @@ def decode_variant(
             shard_size=config.shard_size,
             log=context.log.info,
             tag_map=tag_map,
+            first_group_of=first_group_of.table.for_item_shard(item_shard) if first_group_of else None,
         ),
     )
     aggregated = tag_store.latest_by_item(table)
     tagged = {item_id: [t["tag"] for t in aggregated[item_id]] for item_id in items if item_id in aggregated}
-    return {"adapter_id": adapter_id, **run_counts_metadata(counts)}, tagged
+    metadata = {"adapter_id": adapter_id, "from_first_group_of_a_diverse_decode": first_group_of is not None}
+    return DecodedVariant(table, {**metadata, **run_counts_metadata(counts)}, tagged)
 
 
 @asset(
