@@ -98,3 +98,32 @@ def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
     assert peak.flops == 2 * 2600e6 * 32 == 166.4e9
     assert "2 cores x 2.600 GHz (override) x 32 FLOP/cycle = 166.4 GFLOP/s" == peak.formula()
     assert cpu_peak().cores >= 1
+
+
+# --- the int8 precision of llm/model.py (what its FLOPs are measured against in bench/) ----------
+
+
+def test_int8_loads_float32_then_quantizes_and_reports_int8(tmp_path):
+    import torch
+
+    from dagster_betag.llm.model import LLMConfig, ModelError, load_llm, model_identity, resolve_dtype, resolve_precision
+    from tests.test_llm_model import save_tiny_model
+
+    assert resolve_dtype("int8", "cpu") == torch.float32
+    assert resolve_precision("int8", "cpu") == "int8"
+    assert resolve_precision("auto", "cpu") == "float32"
+    with pytest.raises(ModelError, match="CPU only"):
+        resolve_dtype("int8", "cuda")
+    with pytest.raises(ModelError, match="int8"):
+        resolve_dtype("int4", "cpu")
+
+    folder = save_tiny_model(tmp_path / "tiny-llama")
+    config = LLMConfig(model=str(folder), dtype="int8", device="cpu")
+    llm = load_llm(config, cache_dir=tmp_path / "cache")
+    assert llm.precision == "int8" and llm.identity == model_identity(config, cache_dir=tmp_path / "cache")
+    assert not any(type(m) is torch.nn.Linear for m in llm.model.modules())
+    reference = load_llm(LLMConfig(model=str(folder), device="cpu"), cache_dir=tmp_path / "cache")
+    ids = llm.tokenizer("1. alpha", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        quantized, exact = llm.model(input_ids=ids).logits, reference.model(input_ids=ids).logits
+    assert quantized.shape == exact.shape and torch.allclose(quantized, exact, atol=0.1 * float(exact.abs().max()))
