@@ -88,7 +88,12 @@ class LLMConfig:
         None, "The name of a GGUF file inside the `model` folder, to load that instead of the folder's safetensors."
     )
     device: str = knob("auto", "auto (CUDA when available, else CPU), or a torch device string.")
-    dtype: str = knob("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
+    dtype: str = knob(
+        "auto",
+        "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16, or int8 (CPU only: float32 weights, "
+        "then every nn.Linear, the LM head included, quantized to int8 per channel with int8 activations computed "
+        "per batch; for decoding only: an adapter cannot be trained on or merged into int8 layers).",
+    )
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,13 @@ class LoadedLLM:
     name: str
     fingerprint: str
     device: str
+    quantization: str | None = None  # "int8" when the linear layers were quantized after loading
 
     @property
     def precision(self) -> str:
-        """The weights' dtype name (``float32``, ``bfloat16``): outputs depend on it, so it keys them."""
-        return str(self.model.dtype).removeprefix("torch.")
+        """The weights' dtype name (``float32``, ``bfloat16``), or the quantization (``int8``,
+        whose model keeps float32 embeddings and norms): outputs depend on it, so it keys them."""
+        return self.quantization or str(self.model.dtype).removeprefix("torch.")
 
     @property
     def identity(self) -> ModelIdentity:
@@ -148,8 +155,17 @@ def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | Non
     model, tokenizer = _load_folder(source.folder(), dtype)
     model.to(device)
     model.eval()
+    quantization = None
+    if config.dtype in QUANTIZED_DTYPES:
+        model = quantize_int8(model)
+        quantization = config.dtype
     return LoadedLLM(
-        model=model, tokenizer=tokenizer, name=source.name, fingerprint=source.fingerprint, device=str(device)
+        model=model,
+        tokenizer=tokenizer,
+        name=source.name,
+        fingerprint=source.fingerprint,
+        device=str(device),
+        quantization=quantization,
     )
 
 
@@ -157,9 +173,9 @@ def model_identity(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike
     """The name, fingerprint and precision ``load_llm(config, cache_dir)`` would report, without
     loading (or converting) the weights: the fingerprint comes from the pinned or cached
     SHA-256 of the source files, the precision from resolving ``config.dtype`` on its device."""
-    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    precision = resolve_precision(config.dtype, resolve_device(config.device))
     source = _locate(config, _cache_dir(cache_dir))
-    return ModelIdentity(source.name, source.fingerprint, str(dtype).removeprefix("torch."))
+    return ModelIdentity(source.name, source.fingerprint, precision)
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
@@ -225,15 +241,52 @@ def resolve_device(device: str) -> str:
     return device
 
 
+QUANTIZED_DTYPES = ("int8",)
+
+
 def resolve_dtype(dtype: str, device: str):
+    """The torch dtype the weights load in: ``auto`` is bfloat16 on CUDA and float32 on CPU;
+    ``int8`` loads float32 (``load_llm`` quantizes the linear layers afterwards) and is CPU only."""
     import torch
 
     if dtype == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     known = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype in QUANTIZED_DTYPES:
+        if not str(device).startswith("cpu"):
+            raise ModelError(f"dtype {dtype!r} (dynamic quantization) runs on the CPU only, not on {device!r}")
+        return torch.float32
     if dtype not in known:
-        raise ModelError(f"unknown dtype {dtype!r}; use auto, {', '.join(known)}")
+        raise ModelError(f"unknown dtype {dtype!r}; use auto, {', '.join((*known, *QUANTIZED_DTYPES))}")
     return known[dtype]
+
+
+def resolve_precision(dtype: str, device: str) -> str:
+    """The precision name a model loaded with ``dtype`` on ``device`` reports (``LoadedLLM.precision``)."""
+    if dtype in QUANTIZED_DTYPES:
+        resolve_dtype(dtype, device)  # the same checks
+        return dtype
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
+
+
+def quantize_int8(model):
+    """``model`` with every ``nn.Linear`` (the LM head included) replaced, in place, by a dynamically
+    quantized one: int8 weights per output channel, activations quantized per batch at run time,
+    int32 accumulation (fbgemm; AVX-512 VNNI where the CPU has it). The input embedding stays
+    float32: it is a lookup, and the LM head gets its own int8 copy of the tied weights.
+    ``torch.ao.quantization`` is deprecated in torch 2.x (in favor of torchao) but still works
+    in the installed 2.13; its deprecation warnings are silenced here."""
+    import warnings
+
+    import torch
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as error:  # removed in a later torch
+        raise ModelError(f"dtype 'int8' needs torch.ao.quantization.quantize_dynamic: {one_line(error)}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 # --- local folders ---------------------------------------------------------------------------
