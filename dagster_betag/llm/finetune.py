@@ -23,7 +23,7 @@ import torch
 
 from dagster_betag.knobs import knob
 from dagster_betag.llm.behavior import answer_text, prompt_text
-from dagster_betag.llm.lora_loss import COMPUTE_DTYPES, IGNORE_INDEX, EncodedExample, batch_loss
+from dagster_betag.llm.lora_loss import COMPUTE_DTYPES, IGNORE_INDEX, EncodedExample, autocast_dtype, batch_loss
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -281,7 +281,8 @@ def train_lora(
     *,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainingResult:
-    """Attach a LoRA adapter to ``llm.model`` and train it on the windows.
+    """Attach a LoRA adapter to ``llm.model`` and train it on the windows. With a bfloat16
+    ``compute_dtype``, the frozen weights of ``llm.model`` are stored in bfloat16 from then on.
 
     ``on_step(step, total_steps, loss)`` reports progress. The validation loss uses every
     tag of every item (no sampling), so before and after are comparable.
@@ -301,6 +302,13 @@ def train_lora(
             task_type="CAUSAL_LM",
         ),
     )
+    fast_dtype = autocast_dtype(config.compute_dtype, llm.device)
+    if fast_dtype is not None:
+        # the frozen weights are only ever used in fast_dtype: store them so, not as float32 plus a
+        # cast copy per forward (the adapter's trained weights stay float32)
+        for parameter in peft_model.parameters():
+            if not parameter.requires_grad:
+                parameter.data = parameter.data.to(fast_dtype)
     train = [w for w in windows if not w.is_validation]
     validation = [w for w in windows if w.is_validation]
     encode = _encoder(llm.tokenizer, tags_by_item, config)
