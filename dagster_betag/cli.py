@@ -191,6 +191,9 @@ def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--model", help=f"base LLM: a model folder or .gguf file (default: ${settings.MODEL_ENV}, "
                          "then the embedded SmolLM2-135M-Instruct)")
+    command.add_argument("--dtype", help=f"precision the LLM runs in (default: ${settings.DTYPE_ENV}, then auto: "
+                         "float32 on CPU, bfloat16 on CUDA); bfloat16 decodes about 2.4x faster on CPUs with bf16 dot "
+                         "products, with about half the tag lists differing from float32's")
 
 
 def _point_environment(args: argparse.Namespace) -> Path:
@@ -199,6 +202,8 @@ def _point_environment(args: argparse.Namespace) -> Path:
         os.environ[settings.WAREHOUSE_ENV] = str(Path(args.warehouse).resolve())
     if args.model:
         os.environ[settings.MODEL_ENV] = args.model
+    if args.dtype:
+        os.environ[settings.DTYPE_ENV] = args.dtype
     dataset_dir = settings.resolve_dataset_dir(args.dataset)
     os.environ[settings.DATASET_ENV] = str(dataset_dir)
     os.environ[settings.DATASET_FORMAT_ENV] = args.format

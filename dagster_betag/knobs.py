@@ -26,3 +26,9 @@ def nested(factory: type, description: str) -> Any:
 
 def description_of(field: dataclasses.Field) -> str | None:
     return field.metadata.get(DESCRIPTION)
+
+
+def knob_description(config_type: type, name: str) -> str:
+    """The description of ``config_type``'s knob ``name``."""
+    field = next(f for f in dataclasses.fields(config_type) if f.name == name)
+    return description_of(field) or ""

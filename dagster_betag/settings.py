@@ -7,6 +7,7 @@ which runs as a subprocess from dbt_project/, resolve the same paths:
 - ``BETAG_DATASET_DIR``: the input dataset folder.
 - ``BETAG_DATASET_FORMAT``: its layout (auto, movielens-latest, ..., generic).
 - ``BETAG_MODEL``: the base LLM (registry name, model folder or .gguf file).
+- ``BETAG_DTYPE``: the precision it runs in (``LLMConfig.dtype``: auto, float32, bfloat16, ...).
 - ``BETAG_ADAPTERS_DIR``: where finetuned LoRA adapters are saved.
 - ``BETAG_ITEM_SHARDS``: how many item shards the generation assets are partitioned into.
 - ``BETAG_PROFILE``: the profile (quick, full) of the scheduled refreshes.
@@ -33,6 +34,7 @@ WAREHOUSE_ENV = "BETAG_WAREHOUSE_DIR"
 DATASET_ENV = "BETAG_DATASET_DIR"
 DATASET_FORMAT_ENV = "BETAG_DATASET_FORMAT"
 MODEL_ENV = "BETAG_MODEL"
+DTYPE_ENV = "BETAG_DTYPE"
 ADAPTERS_ENV = "BETAG_ADAPTERS_DIR"
 ITEM_SHARDS_ENV = "BETAG_ITEM_SHARDS"
 PROFILE_ENV = "BETAG_PROFILE"

@@ -17,6 +17,7 @@ from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, read_dataset
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
+from dagster_betag.knobs import knob_description
 from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, ModelIdentity, load_llm, model_identity
 from dagster_betag.llm.tagger import DeferredTagger, Tagger
 from dagster_betag.locks import exclusive
@@ -74,6 +75,7 @@ class LLMResource(ConfigurableResource):
     )
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` when it is a folder.")
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu or cuda.")
+    dtype: str = Field(default="auto", description=knob_description(LLMConfig, "dtype"))
     api_base_url: str | None = Field(
         default=None,
         description="OpenAI-compatible API root (http://host:8000/v1) writing the base tags; unset: the local model.",
@@ -85,7 +87,7 @@ class LLMResource(ConfigurableResource):
     api_max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, description="API requests in flight at once.")
 
     def _config(self) -> LLMConfig:
-        return LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device)
+        return LLMConfig(model=self.model, gguf_file=self.gguf_file, device=self.device, dtype=self.dtype)
 
     def identity(self) -> ModelIdentity:
         """Name, fingerprint and precision of the local model, without loading it."""
@@ -127,5 +129,5 @@ def build_resources() -> dict[str, object]:
             lock_timeout_s=settings.lock_timeout_s(),
         ),
         "dbt": DbtCliResource(project_dir=betag_dbt_project),
-        "llm": LLMResource(model=_from_env(settings.MODEL_ENV, DEFAULT_MODEL)),
+        "llm": LLMResource(model=_from_env(settings.MODEL_ENV, DEFAULT_MODEL), dtype=_from_env(settings.DTYPE_ENV, "auto")),
     }

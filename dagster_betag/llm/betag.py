@@ -33,11 +33,11 @@ class BetagConfig:
     )
     top_k: int = knob(15, "Tags kept per item after aggregation.")
     batch_rows: int = knob(
-        128,
+        96,
         # per-step overhead dominates small batches on CPU (measured here: 4 groups, 8 -> 32 items per batch:
-        # 0.90 -> 0.67 s/item; 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item); beyond 128 rows nothing is gained and
-        # the key/value cache grows (128 items of ml-latest-small, 4 groups: 64 / 128 / 256 rows took 30.4 / 24.9 /
-        # 24.2 s at a peak of 1.5 / 2.4 / 3.5 GiB)
+        # 0.90 -> 0.67 s/item; 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item); beyond ~128 rows nothing is gained
+        # and the key/value cache grows (128 items of ml-latest-small, 4 groups: 64 / 128 / 256 rows took 30.4 /
+        # 24.9 / 24.2 s at a peak of 1.5 / 2.4 / 3.5 GiB); 96 keeps the in-process run under 3 GiB
         "Decoded rows per batch (items x groups x beams).",
     )
     include_base_tags: bool = knob(True, "The base tags count as beam 0 in the aggregation.")

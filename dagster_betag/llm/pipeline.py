@@ -20,6 +20,8 @@ from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values
 from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
 from dagster_betag.llm.betag import BetagConfig, ItemBetags, WeightedTag, first_group, generate_betags
+from dagster_betag.llm.model import QUANTIZED_DTYPES, ModelError
+from dagster_betag.llm.hardware import release_freed_memory
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
 from dagster_betag.llm.tagger import BaseTagContext, Tagger
@@ -60,6 +62,7 @@ def base_tag_run(
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         items_in_shard = [by_id[i] for i in item_ids]
         tags = tagger.generate_base_tags(items_in_shard, config, context=context, on_batch=advance)
+        release_freed_memory()
         return pl.DataFrame(
             {
                 "item_id": item_ids,
@@ -102,6 +105,7 @@ def betag_run(
         else:
             results = [first_group(item, config) for item in _stored_betags(first_group_of, item_ids, versions)]
             advance(len(item_ids))
+        release_freed_memory()
         return pl.DataFrame(
             {
                 "item_id": [r.item_id for r in results],
@@ -190,6 +194,7 @@ def finetune_run(
         result = train_lora(llm, windows, tags_by_item, lora_config, on_step=on_step)
     finally:
         progress.close()
+        release_freed_memory()
     manifest = _adapter_manifest(adapter_id, llm, data_fingerprint, lora_config, result)
     loss_png = loss_curve_png(result.step_losses, result.validation_loss_before, result.validation_loss_after)
     staging = adapters_dir / f".{adapter_id}.tmp"
@@ -229,6 +234,11 @@ def load_adapter(llm, folder: Path):
     """``llm`` with the adapter's weights merged in (plain model, fast to decode)."""
     from peft import PeftModel
 
+    if llm.precision in QUANTIZED_DTYPES:
+        raise ModelError(
+            f"an adapter cannot be merged into {llm.precision} layers: decode BETags in float32 or bfloat16 "
+            "(int8 writes base tags only)"
+        )
     merged = PeftModel.from_pretrained(llm.model, folder).merge_and_unload()
     merged.eval()
     return replace(llm, model=merged)
