@@ -91,12 +91,14 @@ def micro_batches(batch: Sequence[EncodedExample], options: LossOptions) -> list
         return [list(batch)]
     chunks: list[list[EncodedExample]] = []
     current: list[EncodedExample] = []
+    width = 0  # the longest row of ``current``
     for example in batch:
-        width = max([len(example.input_ids), *(len(e.input_ids) for e in current)])
-        if current and width * (len(current) + 1) > options.max_batch_tokens:
+        widened = max(width, len(example.input_ids))
+        if current and widened * (len(current) + 1) > options.max_batch_tokens:
             chunks.append(current)
-            current = []
+            current, widened = [], len(example.input_ids)
         current.append(example)
+        width = widened
     return [*chunks, current] if current else chunks
 
 

@@ -160,10 +160,10 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
         chosen = {variant_named(name).name for name in config.ablations}  # an unknown name fails in one line
         for variant in (v for v in ABLATIONS if v.name in chosen):
             twin = written.get(diverse_twin(variant).name)
-            derive = config.one_beam_from_first_group and not variant.multi_beam and twin is not None
-            derivable = derive and config.decoding.beams_per_group == 1
+            # group 0 is the one-beam decode only when a group holds one beam
+            derive = config.one_beam_from_first_group and not variant.multi_beam and config.decoding.beams_per_group == 1
             written[variant.name] = decoded = decode_variant(
-                context, warehouse, partitions, variant, config, llm, items, first_group_of=twin if derivable else None
+                context, warehouse, partitions, variant, config, llm, items, first_group_of=twin if derive else None
             )
             metadata |= plain_values(
                 {**decoded.metadata, **tag_quality_metadata(decoded.tagged, variant.name)}, variant.name
