@@ -1,11 +1,14 @@
 """A screenshot of the Dagster UI's global asset lineage, for the README.
 
     python -m bench.ui_screenshot [--out docs/asset-graph.png] [--port 3917] [--window-size 1600,640]
+                                  [--with-runs]
 
 Run from the repository root (it reuses the webserver helpers of tests/test_ui.py). Needs
 Debian's `chromium` (`apt-get install -y chromium`) and a warehouse: $BETAG_WAREHOUSE_DIR,
 else warehouse/; the dataset is $BETAG_DATASET_DIR or the default lookup. The webserver gets
-a throwaway DAGSTER_HOME, so the picture shows the definitions, not this machine's run history.
+a throwaway DAGSTER_HOME, so the picture shows the definitions, not this machine's run history;
+with --with-runs it opens the instance `betag run` records into (what `betag ui` shows), so the
+assets appear materialized, with their checks' results.
 
 The default page, /asset-groups, draws one box per asset group (sources, landing, staging,
 intermediate, marts, llm, evaluation) with the edges between them. Expanding every group
@@ -34,6 +37,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--page", default="/asset-groups", help="UI path to capture")
     parser.add_argument("--window-size", default="1600,640", help="browser viewport in CSS pixels, WIDTH,HEIGHT")
     parser.add_argument("--scale", type=float, default=2, help="device pixels per CSS pixel (2: sharp text)")
+    parser.add_argument(
+        "--with-runs", action="store_true", help="the instance of `betag run` ($DAGSTER_HOME, else .dagster_home/)"
+    )
     parser.add_argument(
         "--budget-ms", type=int, default=20_000, help="virtual time the page gets to query and lay out the graph"
     )
@@ -65,8 +71,10 @@ def screenshot(url: str, out: Path, window_size: str, scale: float, budget_ms: i
 def main() -> None:
     args = parse_args()
     port = args.port or free_port()
-    with tempfile.TemporaryDirectory(prefix="betag-ui-") as home:
-        write_instance(Path(home))
+    with tempfile.TemporaryDirectory(prefix="betag-ui-") as throwaway:
+        home = str(settings.dagster_home()) if args.with_runs else throwaway
+        if not args.with_runs:
+            write_instance(Path(home))
         env = {
             **os.environ,
             "DAGSTER_HOME": home,
@@ -76,7 +84,7 @@ def main() -> None:
             settings.WAREHOUSE_ENV: str(settings.warehouse_dir()),
             settings.DATASET_ENV: str(settings.resolve_dataset_dir()),
         }
-        with running_webserver(env, port, Path(home) / "webserver.log"):
+        with running_webserver(env, port, Path(throwaway) / "webserver.log"):
             screenshot(f"http://127.0.0.1:{port}{args.page}", args.out, args.window_size, args.scale, args.budget_ms)
     print(f"wrote {args.out}")
 

@@ -8,23 +8,25 @@ the full Dagster logs stay in the run for the UI.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
 
 from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, DatasetError
 from dagster_betag.evaluation.data import SPLITS
 from dagster_betag.files import DiskFullError
 from dagster_betag.profiles import PROFILES
+
+# the instance `betag run` creates: no telemetry (the machine may have no network)
+INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+"""
 
 PREVIEW_SQL = {
     "Tags per source (k-core items)": (
@@ -59,7 +61,10 @@ PREVIEW_SQL = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, dagster_dev_args = parser.parse_known_args(argv)
+    if dagster_dev_args and args.command != "ui":
+        parser.error(f"unrecognized arguments: {' '.join(dagster_dev_args)}")
+    args.dagster_dev_args = dagster_dev_args
     settings.put_interpreter_tools_on_path()
     from dagster_betag.evaluation.data import EvaluationInputError
     from dagster_betag.llm.model import ModelError
@@ -86,6 +91,13 @@ COMMAND_HELP = {
         "Land the dataset again, rebuild the warehouse, generate base tags and BETags (with the "
         "current adapter) for new items and items whose title, attributes or description changed, and rebuild "
         "the tag tables. Earlier tags stay in marts.item_tag_versions. Needs a warehouse built by `betag run`.",
+    ),
+    "ui": (
+        "open the Dagster UI on the instance `betag run` records its runs in (flags: as `dagster dev`)",
+        "Start `dagster dev -w workspace.yaml` on the Dagster instance that `betag run` and `betag refresh` "
+        "write to ($DAGSTER_HOME, else .dagster_home/), so their runs, materializations, plots and asset "
+        "checks are in the UI. Every flag but --warehouse goes to `dagster dev` (e.g. -h 0.0.0.0 -p 3001; "
+        "its options: betag ui --help).",
     ),
     "results": (
         "print an evaluation run's results in the layout of the poster's Tables 1-3",
@@ -137,6 +149,9 @@ def _build_parser() -> argparse.ArgumentParser:
     refresh = _add_command(commands, "refresh", _refresh)
     _add_pipeline_flags(refresh)
 
+    ui = _add_command(commands, "ui", _ui, add_help=False)  # -h is `dagster dev`'s --host
+    _add_warehouse_flag(ui)
+
     results = _add_command(commands, "results", _results)
     _add_warehouse_flag(results)
     results.add_argument("--run-id", help="evaluation run (default: the latest)")
@@ -162,10 +177,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_command(commands, name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+def _add_command(
+    commands, name: str, handler: Callable[[argparse.Namespace], int], add_help: bool = True
+) -> argparse.ArgumentParser:
     """A subcommand with its texts from ``COMMAND_HELP``; ``main`` runs ``handler`` when it is chosen."""
     summary, description = COMMAND_HELP[name]
-    command = commands.add_parser(name, help=summary, description=description)
+    command = commands.add_parser(name, help=summary, description=description, add_help=add_help)
     command.set_defaults(handler=handler)
     return command
 
@@ -194,6 +211,8 @@ def _add_pipeline_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--dtype", help=f"precision the LLM runs in (default: ${settings.DTYPE_ENV}, then auto: "
                          "float32 on CPU, bfloat16 on CUDA); bfloat16 decodes about 2.4x faster on CPUs with bf16 dot "
                          "products, with about half the tag lists differing from float32's")
+    command.add_argument("--verbose", action="store_true",
+                         help="print Dagster's whole event stream and library warnings (they always go to the event log)")
 
 
 def _point_environment(args: argparse.Namespace) -> Path:
@@ -210,36 +229,47 @@ def _point_environment(args: argparse.Namespace) -> Path:
     return dataset_dir
 
 
-def _execute(job_name: str, run_config: dict, launched_by: str):
-    """Run a job of the code location in this process, every item shard in one run, with
-    dbt's output in a log file and a progress bar instead; prints each step's outcome."""
-    _prepare_dbt_manifest()
-    from dagster import DagsterInstance
+def _execute(job_name: str, run_config: dict, launched_by: str, *, verbose: bool):
+    """Run a job of the code location in this process, every item shard in one run, recorded in
+    the Dagster instance the UI reads; prints one line per step (``console.RunConsole``), and
+    the run's whole event log, dbt's output and library warnings go to a file under the warehouse."""
+    from dagster_betag.console import LOGGER_NAME, RunConsole
 
-    from dagster_betag.definitions import build_definitions
-    from dagster_betag.defs.partitions import every_item_shard
-
-    job = build_definitions().resolve_job_def(job_name)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     log_path = settings.warehouse_dir() / "logs" / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w", encoding="utf-8") as log, _DbtProgress(log) as progress:
-        with contextlib.redirect_stdout(progress):
+    console = RunConsole(log_path, verbose=verbose)
+    os.environ.setdefault("DBT_USE_COLORS", "false")  # plain text in the log file
+    print(f"betag: Dagster instance {_use_dagster_home()} (`betag ui` shows this run)")
+    print(f"betag: event log {log_path}")
+    with console.capturing():
+        _prepare_dbt_manifest()
+        from dagster import DagsterInstance
+
+        from dagster_betag.definitions import build_definitions
+        from dagster_betag.defs.partitions import every_item_shard
+
+        job = build_definitions().resolve_job_def(job_name).with_logger_defs({LOGGER_NAME: console.logger_definition})
+        with DagsterInstance.get() as instance:
             result = job.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
-                run_config={
-                    **run_config,
-                    # INFO: the stages' own progress lines (rate, ETA); the framework's chatter is DEBUG
-                    "loggers": {"console": {"config": {"log_level": "INFO"}}},
-                },
+                run_config={**run_config, "loggers": {LOGGER_NAME: {}}},
                 tags={"launched_by": launched_by, **every_item_shard()},
             )
-    print(f"betag: full dbt log in {log_path}")
-    _print_step_outcomes(result)
+    _print_check_results(console.steps.check_results)
     if not result.success:
-        print(f"betag: error: the run failed ({_first_failure(result)})", file=sys.stderr)
+        print(f"betag: error: the run failed ({_first_failure(result)}); details in {log_path}", file=sys.stderr)
     return result
+
+
+def _use_dagster_home() -> Path:
+    """Point Dagster at the instance folder the UI shares, created on first use."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text(INSTANCE_YAML)
+    os.environ[settings.DAGSTER_HOME_ENV] = str(home)
+    return home
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -251,7 +281,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from dagster_betag.defs.jobs import betag_pipeline
 
-    if not _execute(betag_pipeline.name, profile_run_config(args.profile, args.ablations), "betag run").success:
+    run_config = profile_run_config(args.profile, args.ablations)
+    if not _execute(betag_pipeline.name, run_config, "betag run", verbose=args.verbose).success:
         return 1
     _print_summary(time.perf_counter() - started)
     return 0
@@ -267,7 +298,8 @@ def _refresh(args: argparse.Namespace) -> int:
     from dagster_betag.defs.jobs import catalog_refresh
     from dagster_betag.defs.keys import BASE_TAGS, BETAGS, op_name
 
-    result = _execute(catalog_refresh.name, profile_run_config(args.profile, ops=REFRESH_OPS), "betag refresh")
+    run_config = profile_run_config(args.profile, ops=REFRESH_OPS)
+    result = _execute(catalog_refresh.name, run_config, "betag refresh", verbose=args.verbose)
     if not result.success:
         return 1
     for key, what in ((BASE_TAGS, "base tags"), (BETAGS, "BETags")):
@@ -280,6 +312,17 @@ def _refresh(args: argparse.Namespace) -> int:
     print(f"Done in {time.perf_counter() - started:.0f} s; current tags: marts.item_tags_current, "
           "every version: marts.item_tag_versions")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """Replace this process by `dagster dev` on the shared instance (Ctrl-C stops it as usual)."""
+    _use_warehouse(args)
+    home = _use_dagster_home()
+    print(f"betag: {COMMAND_HELP['ui'][1]}")
+    print(f"betag: instance {home}, warehouse {settings.warehouse_dir()}", flush=True)
+    dagster = Path(sys.executable).parent / "dagster"
+    os.chdir(settings.REPO_ROOT)
+    os.execv(dagster, [str(dagster), "dev", "-w", "workspace.yaml", *args.dagster_dev_args])
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
@@ -295,28 +338,6 @@ def _fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
-class _DbtProgress(io.TextIOBase):
-    """Sends dbt's console output to the run log and shows a progress bar of its nodes."""
-
-    NODE_DONE = re.compile(r"^\s*\d+ of (\d+) (OK|PASS|FAIL|ERROR|WARN|SKIP)\b")
-
-    def __init__(self, log: io.TextIOBase):
-        self._log = log
-        self._bar = tqdm(desc="dbt build", unit="node", file=sys.stderr, disable=None)
-
-    def write(self, text: str) -> int:
-        self._log.write(text)
-        for line in text.splitlines():
-            if match := self.NODE_DONE.match(line):
-                self._bar.total = int(match.group(1))
-                self._bar.update(1)
-        return len(text)
-
-    def close(self) -> None:
-        self._bar.close()
-        super().close()
-
-
 def _prepare_dbt_manifest() -> None:
     from dagster_betag.defs.project import betag_dbt_project
 
@@ -325,13 +346,7 @@ def _prepare_dbt_manifest() -> None:
     betag_dbt_project.preparer.prepare(betag_dbt_project)
 
 
-def _print_step_outcomes(result) -> None:
-    for event in result.all_events:
-        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            seconds = event.event_specific_data.duration_ms / 1000 if event.is_step_success else None
-            status = f"ok in {seconds:.1f} s" if seconds is not None else "FAILED"
-            print(f"betag: step {event.step_key}: {status}")
-    checks = [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+def _print_check_results(checks: list) -> None:
     if checks:
         n_passed = sum(check.passed for check in checks)
         print(f"betag: {n_passed}/{len(checks)} data tests passed")
@@ -341,11 +356,11 @@ def _print_step_outcomes(result) -> None:
 
 
 def _first_failure(result) -> str:
+    from dagster_betag.console import error_line
+
     for event in result.all_events:
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            cause = error.cause or error
-            return f"step {event.step_key}: {cause.message.strip().splitlines()[0]}"
+            return f"step {event.step_key}: {error_line(event.step_failure_data.error)}"
     return "see the Dagster run logs"
 
 
@@ -382,12 +397,11 @@ def _print_summary(elapsed_s: float) -> None:
             print(f"\n{title}:\n{markdown_table(*fetch_rows(connection, sql), max_chars=90)}")
     _print_results(None, "test")
     print(
-        "\nNext: `betag results` prints these tables again; `betag tags \"toy story\"` shows one item's tags;\n"
-        "`betag refresh` tags only new or changed items after the catalog changes; open the UI (schedules,\n"
-        "sensor, item shards) with `dagster dev -w workspace.yaml`; or query the marts in SQL\n"
-        "(current tags: marts.item_tags_current):\n"
-        f"  python -c \"import duckdb; duckdb.connect('{layout.database_path}', read_only=True)"
-        ".sql('select * from marts.dim_items limit 5').show()\""
+        "\nNext: `betag ui` shows this run in the Dagster UI (materializations, plots, checks);\n"
+        "`betag tags \"toy story\"` shows one item's tags (`--explain`: where each BETag came from);\n"
+        "`betag results` prints the tables again; `betag refresh` tags only new or changed items;\n"
+        "`betag sql \"select * from marts.item_tags_current limit 5\"` queries the warehouse read-only\n"
+        f"(or open {layout.database_path} with DuckDB, read_only=True)."
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -42,3 +44,26 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+@dataclass(frozen=True)
+class ProgressSummary:
+    """A ``Progress.summary`` line read back (the console totals a step's work from them)."""
+
+    what: str
+    done: int
+    total: int
+    unit: str
+
+    PATTERN = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)s, [\d.]+ (?P=unit)s/s, ETA ")
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    @classmethod
+    def parse(cls, line: str) -> ProgressSummary | None:
+        match = cls.PATTERN.match(line)
+        if match is None:
+            return None
+        return cls(match["what"], int(match["done"]), int(match["total"]), match["unit"])

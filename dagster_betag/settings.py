@@ -9,6 +9,8 @@ which runs as a subprocess from dbt_project/, resolve the same paths:
 - ``BETAG_MODEL``: the base LLM (registry name, model folder or .gguf file).
 - ``BETAG_DTYPE``: the precision it runs in (``LLMConfig.dtype``: auto, float32, bfloat16, ...).
 - ``BETAG_ADAPTERS_DIR``: where finetuned LoRA adapters are saved.
+- ``DAGSTER_HOME``: the Dagster instance (run history, materializations, check results) that
+  `betag run`, `betag refresh` and `betag ui` share; default the git-ignored .dagster_home/.
 - ``BETAG_ITEM_SHARDS``: how many item shards the generation assets are partitioned into.
 - ``BETAG_PROFILE``: the profile (quick, full) of the scheduled refreshes.
 - ``BETAG_LOCK_TIMEOUT_S``: how long a writing step waits for another run (default 600).
@@ -36,6 +38,7 @@ DATASET_FORMAT_ENV = "BETAG_DATASET_FORMAT"
 MODEL_ENV = "BETAG_MODEL"
 DTYPE_ENV = "BETAG_DTYPE"
 ADAPTERS_ENV = "BETAG_ADAPTERS_DIR"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
 ITEM_SHARDS_ENV = "BETAG_ITEM_SHARDS"
 PROFILE_ENV = "BETAG_PROFILE"
 LOCK_TIMEOUT_ENV = "BETAG_LOCK_TIMEOUT_S"
@@ -61,6 +64,12 @@ def warehouse_dir() -> Path:
 def adapters_dir() -> Path:
     """LoRA adapters: $BETAG_ADAPTERS_DIR, else the git-ignored models/adapters/."""
     return Path(os.environ.get(ADAPTERS_ENV) or REPO_ROOT / "models" / "adapters").resolve()
+
+
+def dagster_home() -> Path:
+    """The Dagster instance folder: $DAGSTER_HOME, else the git-ignored .dagster_home/, so that
+    the runs of `betag run` are the runs the UI shows."""
+    return Path(os.environ.get(DAGSTER_HOME_ENV) or REPO_ROOT / ".dagster_home").resolve()
 
 
 def item_shard_count() -> int:

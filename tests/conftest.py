@@ -103,7 +103,7 @@ def tiny_llm(tiny_model_dir):
     return load_llm(LLMConfig(model=str(tiny_model_dir)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ml_latest_small() -> Path:
     if not SHARED_ML_LATEST_SMALL.is_dir():
         pytest.skip(f"the default dataset is not at {SHARED_ML_LATEST_SMALL}")

@@ -132,16 +132,17 @@ def tail(path: Path, n_chars: int = 4000) -> str:
 
 @contextmanager
 def running_webserver(
-    env: dict[str, str], port: int, log_path: Path, timeout_s: float = 120
+    env: dict[str, str], port: int, log_path: Path, timeout_s: float = 120, command: list[str] | None = None
 ) -> Iterator[DagsterGraphQLClient]:
-    """`dagster-webserver -w workspace.yaml` from the repository root, until the code location
-    has loaded; on exit, the webserver and everything it spawned (code server, run workers) end.
+    """`dagster-webserver -w workspace.yaml` (or ``command``, serving on ``port``) from the
+    repository root, until the code location has loaded; on exit, the webserver and everything
+    it spawned (code server, daemon, run workers) end.
 
     It runs in its own process group so that one signal reaches its children too; its output
     goes to a file, since a pipe nobody reads would block it once full.
     """
     webserver = Path(sys.executable).parent / "dagster-webserver"
-    command = [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    command = command or [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=settings.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
