@@ -412,7 +412,7 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _print_results(run_id: str | None, split: str) -> None:
-    from dagster_betag.evaluation.report import ablation_order, betag_comparison, poster_tables
+    from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison, poster_tables
     from dagster_betag.evaluation.data import load_results
     from dagster_betag.warehouse import WarehouseLayout
 
@@ -421,11 +421,12 @@ def _print_results(run_id: str | None, split: str) -> None:
     first = frame.row(0, named=True)
     print(f"\nEvaluation run {first['run_id']} on {first['dataset']} ({first['created_at']}, {first['n_items']} items)\n")
     print(poster_tables(frame, split=split))
-    for title, (passed, table) in (
+    for title, claim in (
         ("BETag vs base and native tags (N@10)", betag_comparison(frame)),
+        ("BETag vs count-based propagated tags on cold items (N@10)", cold_start_comparison(frame)),
         ("Ablation order of Table 3 (N@10)", ablation_order(frame)),
     ):
-        print(f"{title}: {'holds' if passed else 'does not hold'}\n{table}\n")
+        print(f"{title}: {claim.summary()}\n{claim.table}\n")
     charts = layout.directory / "reports" / first["run_id"]
     if charts.is_dir():
         print(f"charts: {charts}")

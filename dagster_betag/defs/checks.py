@@ -1,7 +1,8 @@
 """Asset checks: does BETag deliver (on the latest evaluation), and are the tag documents usable.
 
 The BETag checks read the latest run's rows of ``marts.eval_results``; they WARN rather than
-fail, so a run whose tags lose still lands its tables and its numbers.
+fail, so a run whose tags lose still lands its tables and its numbers. A claim the run could
+not test (no ablations decoded, no cold bucket) says "not measured (...)", not that it failed.
 """
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 from dagster_betag.defs import keys
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.evaluation.data import EvaluationInputError, load_results
-from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison
+from dagster_betag.evaluation.report import ClaimResult, ablation_order, betag_comparison, cold_start_comparison
 from dagster_betag.evaluation.tag_sources import llm_tag_source_names
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
@@ -22,22 +23,25 @@ TAG_DOCUMENTS = keys.model("marts", "item_tag_documents")
 MAX_EMPTY_SHARE = 0.05
 
 
-def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], tuple[bool, str]], what: str):
+def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], ClaimResult], what: str):
     """An asset check on the BETags that tests ``claim`` on the latest evaluation and WARNs
-    with its comparison table when it fails."""
+    with its comparison table when it does not hold or was not measured; the check's
+    description is ``what: <verdict>``, e.g. ``...: not measured (run with --ablations)``."""
 
     @asset_check(asset=BETAGS, name=name, additional_deps=[EVAL_RESULTS], description=description)
     def check(warehouse: WarehouseResource) -> AssetCheckResult:
         try:
             results = load_results(warehouse.layout.database_path)
         except EvaluationInputError as missing:  # BETags decoded before any evaluation ran
-            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=str(missing))
-        passed, table = claim(results)
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.WARN, description=f"{what}: not measured ({missing})"
+            )
+        result = claim(results)
         return AssetCheckResult(
-            passed=passed,
+            passed=result.holds,
             severity=AssetCheckSeverity.WARN,
-            description=what if passed else f"not yet: {what}",
-            metadata={"comparison": MetadataValue.md(table)},
+            description=f"{what}: {result.summary()}",
+            metadata={"verdict": result.verdict.value, "comparison": MetadataValue.md(result.table)},
         )
 
     return check
@@ -60,7 +64,7 @@ betag_ablation_order = claim_check(
     "betag_ablation_order",
     "The poster's Table 3 order: BETag > without finetuning, without multi-beam > without both.",
     ablation_order,
-    "ablation order of Table 3 holds",
+    "the ablation order of Table 3",
 )
 
 

@@ -1,11 +1,18 @@
 """Evaluation results as a table (the ``eval_results`` rows), the poster's Tables 1-3, the
-claims the asset checks test, and the charts. Plain polars in, text and PNG out."""
+claims the asset checks test, and the charts. Plain polars in, text and PNG out.
+
+Every cell carries its standard error over users and every table its number of users; a
+claim whose inputs the run lacks is NOT_MEASURED rather than failed, and a table too noisy to
+separate its tag sources says so under it (``cannot_separate``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import Enum
+from itertools import combinations
 
 import polars as pl
 
@@ -13,7 +20,7 @@ from dagster_betag.evaluation.recommenders import RECOMMENDERS
 from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS, baseline_method_names, tag_method_names
 from dagster_betag.evaluation.runner import ALL_USERS, NO_TAGS, Evaluation, EvaluationConfig
 from dagster_betag.evaluation.tag_sources import in_display_order
-from dagster_betag.llm.variants import FULL_BETAG, VARIANTS, BetagVariant
+from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, VARIANTS, BetagVariant
 from dagster_betag.plots import curves_png, grouped_bars_png
 
 # Table 3's rows: the full method, then its ablations
@@ -56,39 +63,95 @@ def select(frame: pl.DataFrame, *, split: str = "test", protocol: str = "full", 
     )
 
 
-def cell_values(frame: pl.DataFrame, method: str, setting: str, source: str, metric: str = "N@10") -> list[float]:
-    """One cell's value per seed (a tag-free method's, such as Popular's, whatever the source)."""
+@dataclass(frozen=True)
+class Estimate:
+    """One table cell over its seeds: the mean ``value``, the per-user standard error
+    sd/sqrt(n) averaged over the seeds, the sample standard deviation of the value over the
+    seeds (None for one seed), and the number of users each seed averaged over."""
+
+    value: float
+    std_error: float
+    seeds_sd: float | None
+    n_users: int
+
+
+def cell_estimate(frame: pl.DataFrame, method: str, setting: str, source: str, metric: str = "N@10") -> Estimate | None:
+    """One cell (a tag-free method's, such as Popular's, whatever the source), None when it
+    was not measured."""
     source_filter = pl.col("tag_source") == (NO_TAGS if method in baseline_method_names() else source)
     cell = frame.filter(
         (pl.col("method") == method) & (pl.col("setting") == setting) & source_filter & (pl.col("metric") == metric)
     )
-    return cell["value"].to_list()
+    if cell.is_empty():
+        return None
+    values = cell["value"].to_list()
+    mean = sum(values) / len(values)
+    seeds_sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return Estimate(mean, sum(cell["std_error"].to_list()) / len(values), seeds_sd, int(cell["n_users"].min()))
 
 
 def metric_value(frame: pl.DataFrame, method: str, setting: str, source: str, metric: str = "N@10") -> float | None:
     """Mean over seeds of one cell, None when it was not measured."""
-    values = cell_values(frame, method, setting, source, metric)
-    return sum(values) / len(values) if values else None
+    estimate = cell_estimate(frame, method, setting, source, metric)
+    return None if estimate is None else estimate.value
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def separated(a: Estimate, b: Estimate) -> bool:
+    """Do two cells differ by more than two standard errors of their difference,
+    |a - b| > 2·sqrt(SE_a² + SE_b²)? The independent-samples approximation: the cells share
+    their users, but per-user paired differences are not stored; as tag sources tend to rank
+    the same users well, it overstates rather than understates the noise of the difference."""
+    return abs(a.value - b.value) > 2 * math.hypot(a.std_error, b.std_error)
 
 
-def _seeds_cell(values: Sequence[float]) -> str:
-    """mean, and ± the sample standard deviation over seeds when there are several."""
-    if not values:
+def cannot_separate(comparisons: Iterable[Sequence[Estimate]]) -> bool:
+    """The caution rule: True when some comparison (a column of a poster table, a row of a
+    claim's table: the tag sources' cells for one method, setting and metric) holds two cells
+    or more, and in none of them are any two cells ``separated``."""
+    compared = [cells for cells in comparisons if len(cells) > 1]
+    return bool(compared) and not any(separated(a, b) for cells in compared for a, b in combinations(cells, 2))
+
+
+def _cell(estimate: Estimate | None) -> str:
+    """``0.0990 ±0.021``, and ``(seeds sd 0.003)`` after it when it is a mean over seeds."""
+    if estimate is None:
         return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4f}"
-    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.4f}±{spread:.4f}"
+    seeds = "" if estimate.seeds_sd is None else f" (seeds sd {estimate.seeds_sd:.3f})"
+    return f"{estimate.value:.4f} ±{estimate.std_error:.3f}{seeds}"
+
+
+def _users(estimates: Iterable[Estimate]) -> str:
+    """``74 users``, or the range when the cells averaged over different numbers of users."""
+    counts = sorted({estimate.n_users for estimate in estimates})
+    if not counts:
+        return "no users"
+    return f"{counts[0]} users" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} users"
+
+
+def _notes(estimates: Sequence[Estimate], comparisons: Sequence[Sequence[Estimate]], along: str) -> list[str]:
+    """The lines under a table: what ± means, what the seeds sd is when a cell has one, and
+    the caution when the table ``cannot_separate`` its tag sources (compared ``along`` its
+    columns or rows)."""
+    seeds = any(estimate.seeds_sd is not None for estimate in estimates)
+    legend = "± one standard error over users, sd/√n" + (
+        "; a cell over several seeds shows their mean value, their mean ±, and the value's sd over seeds"
+        if seeds
+        else ""
+    )
+    lines = [legend]
+    if cannot_separate(comparisons):
+        lines.append(
+            f"caution: {_users(estimates)}; no two tag sources differ by more than two standard errors "
+            f"(2·√(SE_a² + SE_b²)) in any {along} — this table cannot separate them."
+        )
+    return lines
 
 
 def poster_tables(frame: pl.DataFrame, *, split: str = "test") -> str:
     """Markdown of the poster's Tables 1-3 (retrieval, recommendation, ablations) for both
-    protocols: rows are tag sources, columns method x setting x metric."""
+    protocols: rows are tag sources, columns method x setting x metric; each cell is its value
+    ± its standard error over users, each title carries its number of users, and a caution
+    follows a table whose tag sources ``cannot_separate`` in any column."""
     parts = []
     for protocol in ("full", "sampled"):
         chosen = select(frame, split=split, protocol=protocol)
@@ -102,8 +165,7 @@ def poster_tables(frame: pl.DataFrame, *, split: str = "test") -> str:
         parts.append(_table("Table 1: tag-based retrieval", chosen, tag_method_names(), [*baselines, *sources]))
         recommenders = [m for m in recommender_columns() if m in set(chosen["method"])]
         if recommenders:
-            title = "Table 2: recommendation (mean±std over seeds)"
-            parts.append(_table(title, chosen, recommenders, [*baselines, NO_TAGS, *sources]))
+            parts.append(_table("Table 2: recommendation", chosen, recommenders, [*baselines, NO_TAGS, *sources]))
         ablations = [s for s in ABLATION_ORDER if s in sources]
         if len(ablations) > 1:
             parts.append(_table("Table 3: ablations", chosen, tag_method_names(), ablations))
@@ -112,62 +174,145 @@ def poster_tables(frame: pl.DataFrame, *, split: str = "test") -> str:
 
 def _table(title: str, frame: pl.DataFrame, methods: Sequence[str], sources: Sequence[str]) -> str:
     columns = [(m, s, metric) for m in methods for s in ("user", "item") for metric in ("H@10", "N@10")]
-    header = "| tags | " + " | ".join(f"{method_label(m)} {s} {metric}" for m, s, metric in columns) + " |"
-    lines = [f"**{title}**\n", header, "|---" * (len(columns) + 1) + "|"]
+    rows, measured, tag_rows = [], [], []
     for source in sources:
         # a tag-free method's row shows its one value under every column's setting and metric
         baseline = source in baseline_method_names()
-        values = [cell_values(frame, source if baseline else m, s, source, metric) for m, s, metric in columns]
-        if not any(values):
+        cells = [cell_estimate(frame, source if baseline else m, s, source, metric) for m, s, metric in columns]
+        if not any(cells):
             continue
         name = f"{method_label(source)} (no tags)" if baseline else ("ID only" if source == NO_TAGS else source)
-        lines.append(f"| {name} | " + " | ".join(_seeds_cell(v) for v in values) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(f"| {name} | " + " | ".join(_cell(cell) for cell in cells) + " |")
+        measured += [cell for cell in cells if cell is not None]
+        if not baseline and source != NO_TAGS:  # Popular and ID only are references, not compared tag sources
+            tag_rows.append(cells)
+    header = "| tags | " + " | ".join(f"{method_label(m)} {s} {metric}" for m, s, metric in columns) + " |"
+    lines = [f"**{title}** ({_users(measured)})\n", header, "|---" * (len(columns) + 1) + "|", *rows]
+    by_column = [[cells[i] for cells in tag_rows if cells[i] is not None] for i in range(len(columns))]
+    return "\n".join([*lines, "", *_notes(measured, by_column, "column")]) + "\n"
+
+
+class Verdict(Enum):
+    """A claim's verdict on one run; NOT_MEASURED (the run lacks its inputs) is no evidence either way."""
+
+    HOLDS = "holds"
+    DOES_NOT_HOLD = "does not hold"
+    NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim tested on one run: its verdict, the markdown comparison table it was decided
+    on, and, when NOT_MEASURED, which inputs the run lacks (and how to get them)."""
+
+    verdict: Verdict
+    table: str
+    missing: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict is Verdict.HOLDS
+
+    def summary(self) -> str:
+        """``holds``, ``does not hold`` or ``not measured (<what is missing>)``."""
+        return f"{self.verdict.value} ({self.missing})" if self.verdict is Verdict.NOT_MEASURED else self.verdict.value
+
+
+# one comparison of a claim: (method, setting, each source's N@10 cell)
+ClaimRow = tuple[str, str, dict[str, Estimate | None]]
+
+
+def _claim(
+    frame: pl.DataFrame,
+    bucket: str,
+    sources: Sequence[str],
+    holds_in: Callable[[dict[str, Estimate]], bool],
+    verdict_column: str,
+    hints: Mapping[str, str] | None = None,
+) -> ClaimResult:
+    """Test a claim on N@10 (test split, full ranking, the users whose target is in
+    ``bucket``) for every retrieval method and setting: ``holds_in`` decides one comparison of
+    the ``sources``' cells, and the claim holds when it holds in all of them. It is NOT_MEASURED
+    when any cell is missing; ``hints`` say how to measure a source that is missing entirely."""
+    chosen = select(frame, bucket=bucket)
+    rows: list[ClaimRow] = [
+        (method, setting, {source: cell_estimate(chosen, method, setting, source) for source in sources})
+        for method in tag_method_names()
+        for setting in ("user", "item")
+    ]
+    missing = _missing_inputs(rows, sources, hints or {}, bucket)
+    lines = [
+        "| method | setting | " + " | ".join(sources) + f" | {verdict_column} |",
+        "|---" * (3 + len(sources)) + "|",
+    ]
+    decided = []
+    for method, setting, cells in rows:
+        known = {source: cell for source, cell in cells.items() if cell is not None}
+        decision = holds_in(known) if len(known) == len(sources) else None
+        decided.append(decision)
+        mark = {True: "yes", False: "no", None: "–"}[decision]
+        lines.append(f"| {method} | {setting} | " + " | ".join(_cell(c) for c in cells.values()) + f" | {mark} |")
+    measured = [cell for _, _, cells in rows for cell in cells.values() if cell is not None]
+    whose = "all users" if bucket == ALL_USERS else f"users whose target is a {bucket} item"
+    title = f"N@10, test split, full ranking, {whose} ({_users(measured)})"
+    comparisons = [[cell for cell in cells.values() if cell is not None] for _, _, cells in rows]
+    table = "\n".join([title, "", *lines, "", *_notes(measured, comparisons, "row")])
+    if missing:
+        return ClaimResult(Verdict.NOT_MEASURED, table, missing)
+    return ClaimResult(Verdict.HOLDS if all(decided) else Verdict.DOES_NOT_HOLD, table)
+
+
+def _missing_inputs(rows: Sequence[ClaimRow], sources: Sequence[str], hints: Mapping[str, str], bucket: str) -> str:
+    """Why a claim's ``rows`` cannot be decided ("" when every cell was measured): no users
+    in the bucket, the sources with no cell at all (their hint, else "no <source> results"),
+    then the single cells missing."""
+    if bucket != ALL_USERS and not any(cell for _, _, cells in rows for cell in cells.values()):
+        return f"no {bucket} bucket: no test user's target is a {bucket} item"
+    absent = [source for source in sources if all(cells[source] is None for _, _, cells in rows)]
+    reasons = list(dict.fromkeys(hints.get(source, f"no {source} results") for source in absent))
+    gaps = [
+        f"{source} {method} {setting}"
+        for method, setting, cells in rows
+        for source, cell in cells.items()
+        if cell is None and source not in absent
+    ]
+    if gaps:
+        reasons.append(f"no results for {', '.join(gaps)}")
+    return "; ".join(reasons)
 
 
 def betag_comparison(
     frame: pl.DataFrame, rivals: Sequence[str] = ("base", "native"), bucket: str = ALL_USERS
-) -> tuple[bool, str]:
-    """Is BETag at least as good as each rival on N@10 for every retrieval method and
-    setting (test split, full ranking, the users whose target is in ``bucket``)? (verdict,
-    markdown table)."""
-    chosen = select(frame, bucket=bucket)
-    lines = ["| method | setting | betag | " + " | ".join(rivals) + " | betag ahead |", "|---" * (4 + len(rivals)) + "|"]
-    verdict = True
-    for method in tag_method_names():
-        for setting in ("user", "item"):
-            betag = metric_value(chosen, method, setting, FULL_BETAG.tag_source)
-            others = [metric_value(chosen, method, setting, rival) for rival in rivals]
-            ahead = betag is not None and all(o is None or betag >= o for o in others)
-            verdict &= ahead
-            cells = " | ".join(_cell(o) for o in others)
-            lines.append(f"| {method} | {setting} | {_cell(betag)} | {cells} | {'yes' if ahead else 'no'} |")
-    return verdict, "\n".join(lines)
+) -> ClaimResult:
+    """Is BETag at least as good as each rival on N@10, betag >= rival, for every retrieval
+    method and setting (test split, full ranking, the users whose target is in ``bucket``)?"""
+    betag = FULL_BETAG.tag_source
+
+    def ahead(cells: dict[str, Estimate]) -> bool:
+        return all(cells[betag].value >= cells[rival].value for rival in rivals)
+
+    return _claim(frame, bucket, [betag, *rivals], ahead, "betag ahead")
 
 
-def cold_start_comparison(frame: pl.DataFrame) -> tuple[bool, str]:
+def cold_start_comparison(frame: pl.DataFrame) -> ClaimResult:
     """BETag against the count-based reference where behavior is scarce: users whose target is
     among the least popular items (the ``cold`` bucket), test split, full ranking."""
     return betag_comparison(frame, rivals=("propagated",), bucket="cold")
 
 
-def ablation_order(frame: pl.DataFrame) -> tuple[bool, str]:
+def ablation_order(frame: pl.DataFrame) -> ClaimResult:
     """The poster's Table 3 order on N@10: full BETag > without finetuning and > without
-    multi-beam, each of those > without both (test split, full ranking, all users)."""
-    chosen = select(frame)
-    lines = ["| method | setting | " + " | ".join(ABLATION_ORDER) + " | order holds |", "|---" * (3 + len(ABLATION_ORDER)) + "|"]
-    verdict = True
-    for method in tag_method_names():
-        for setting in ("user", "item"):
-            values = {v: metric_value(chosen, method, setting, v.tag_source) for v in VARIANTS}
-            full, neither = values[FULL_BETAG], values[_variant_with(finetuned=False, multi_beam=False)]
-            singles = [value for variant, value in values.items() if variant.finetuned != variant.multi_beam]
-            known = None not in values.values()
-            holds = known and full > max(singles) and min(singles) > neither
-            verdict &= bool(holds)
-            cells = " | ".join(_cell(v) for v in values.values())
-            lines.append(f"| {method} | {setting} | {cells} | {'yes' if holds else 'no'} |")
-    return verdict, "\n".join(lines)
+    multi-beam, each of those > without both (test split, full ranking, all users). Not
+    measured unless the run decoded the ablations (``--ablations``)."""
+    neither = _variant_with(finetuned=False, multi_beam=False).tag_source
+    singles = [variant.tag_source for variant in VARIANTS if variant.finetuned != variant.multi_beam]
+
+    def in_order(cells: dict[str, Estimate]) -> bool:
+        single_values = [cells[source].value for source in singles]
+        return cells[FULL_BETAG.tag_source].value > max(single_values) and min(single_values) > cells[neither].value
+
+    hints = {variant.tag_source: "run with --ablations" for variant in ABLATIONS}
+    return _claim(frame, ALL_USERS, ABLATION_ORDER, in_order, "order holds", hints)
 
 
 def method_bars_png(frame: pl.DataFrame) -> bytes:
