@@ -159,6 +159,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     tags = _add_command(commands, "tags", _tags)
     tags.add_argument("item", help="item id, or a part of its title (case-insensitive)")
+    tags.add_argument("--explain", action="store_true", help="per BETag: the generated beams that wrote it, whether "
+                      "the base tags hold it, and the train successors whose base tags do (marts.item_tag_evidence)")
     _add_warehouse_flag(tags)
 
     sql = _add_command(commands, "sql", _sql)
@@ -441,14 +443,21 @@ def _use_warehouse(args: argparse.Namespace):
 
 
 def _tags(args: argparse.Namespace) -> int:
-    from dagster_betag.warehouse import item_tags, markdown_table
+    from dagster_betag.warehouse import item_tag_evidence, item_tags, markdown_table
 
-    found = item_tags(_use_warehouse(args).database_path, args.item)
+    database_path = _use_warehouse(args).database_path
+    found = item_tags(database_path, args.item)
     print(f"{found.title} (item {found.item_id}) {found.attributes}")
     native = ", ".join(f"{tag} ({n_users})" for tag, n_users in found.native)
     print(f"\nnative tags, by users who gave them ({len(found.native)}): {native or '-'}")
     print(f"base tags ({len(found.base)}): {', '.join(found.base) or '-'}")
-    if found.betags:
+    if found.betags and args.explain:
+        evidence = item_tag_evidence(database_path, found.item_id)
+        print(f"\nBETags ({len(found.betags)}, adapter {found.betag_adapter}) and where each comes from:")
+        print(evidence.markdown())
+        # inside double quotes the shell still expands $, ` and backslashes, and a " ends the string
+        print('check: betag sql "' + re.sub(r'([$`\\"])', r"\\\1", evidence.query) + '"')
+    elif found.betags:
         print(f"\nBETags ({len(found.betags)}, adapter {found.betag_adapter}):")
         print(markdown_table(["tag", "beams", "score"], found.betags))
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -247,9 +247,7 @@ def item_tags(database_path: Path, key: str, max_matches: int = 5) -> ItemTags:
             "betags": ("item_betags", "select tag, weight, round(score, 3), adapter_id from marts.item_betags "
                        "where item_id = $id order by tag_rank"),
         }
-        existing = {row[0] for row in connection.execute(
-            "select table_name from information_schema.tables where table_schema = 'marts'"
-        ).fetchall()}
+        existing = _mart_names(connection)
         found = {
             name: connection.execute(sql, {"id": item_id}).fetchall() if table in existing else []
             for name, (table, sql) in queries.items()
@@ -264,3 +262,93 @@ def item_tags(database_path: Path, key: str, max_matches: int = 5) -> ItemTags:
         betags=[row[:3] for row in found["betags"]],
         betag_adapter=found["betags"][0][3] if found["betags"] else None,
     )
+
+
+def _mart_names(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    """The tables of the marts schema (the tag marts exist once the LLM stages ran)."""
+    _, rows = fetch_rows(connection, "select table_name from information_schema.tables where table_schema = 'marts'")
+    return {name for (name,) in rows}
+
+
+TAG_EVIDENCE = "marts.item_tag_evidence"
+
+
+@dataclass(frozen=True)
+class TagEvidence:
+    """Where one BETag of an item comes from: a row of marts.item_tag_evidence (the fields are
+    its columns, selected by name)."""
+
+    tag: str
+    is_in_base_tags: bool | None  # None: the generation kept no base-tag beam
+    n_generated_beams_with_tag: int
+    n_generated_beams: int
+    n_successors_with_tag: int
+    n_train_successors: int
+    n_transitions_with_tag: int
+    n_train_transitions: int
+    top_successors: list[dict]  # {item_id, title, n_transitions}, most transitions first
+
+    def cells(self) -> tuple[str, ...]:
+        """The row of ``EVIDENCE_COLUMNS``."""
+        in_base_tags = {True: "yes", False: "no", None: "-"}[self.is_in_base_tags]
+        top = "; ".join(f"{successor['title']} ({successor['n_transitions']})" for successor in self.top_successors)
+        return (
+            self.tag,
+            f"{self.n_generated_beams_with_tag}/{self.n_generated_beams}",
+            in_base_tags,
+            f"{self.n_successors_with_tag} of {self.n_train_successors}",
+            f"{self.n_transitions_with_tag} of {self.n_train_transitions}",
+            top or "-",
+        )
+
+
+EVIDENCE_COLUMNS = [
+    "tag", "generated beams", "in base tags", "train successors with it", "their transitions",
+    "top successors (transitions)",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ItemTagEvidence:
+    """The evidence behind each of one item's BETags, best tag first."""
+
+    item_id: str
+    query: str  # the SQL the rows came from, for a reader to run again
+    tags: list[TagEvidence]
+
+    def markdown(self) -> str:
+        return markdown_table(EVIDENCE_COLUMNS, [evidence.cells() for evidence in self.tags], max_chars=120)
+
+
+def _read_tag_evidence(connection: duckdb.DuckDBPyConnection, item_id: str) -> ItemTagEvidence:
+    literal = item_id.replace("'", "''")
+    query = (
+        f"select {', '.join(field.name for field in fields(TagEvidence))} from {TAG_EVIDENCE} "
+        f"where item_id = '{literal}' order by tag_rank"
+    )
+    columns, rows = fetch_rows(connection, query)
+    return ItemTagEvidence(item_id, query, [TagEvidence(**dict(zip(columns, row))) for row in rows])
+
+
+def item_tag_evidence(database_path: Path, item_id: str) -> ItemTagEvidence:
+    """Why item ``item_id`` has each of its current BETags (no rows: it has none)."""
+    with connect_readonly(database_path) as connection:
+        if TAG_EVIDENCE.split(".")[1] not in _mart_names(connection):
+            raise WarehouseQueryError(f"no {TAG_EVIDENCE} in {database_path} yet; `betag refresh` builds it")
+        return _read_tag_evidence(connection, item_id)
+
+
+def popular_tag_evidence_markdown(connection: duckdb.DuckDBPyConnection, n_items: int) -> str:
+    """One markdown table of the evidence behind the BETags of the ``n_items`` most popular
+    items that have BETags, each row led by the item's title."""
+    _, items = fetch_rows(
+        connection,
+        "select p.item_id, i.title from marts.fct_item_popularity p join marts.dim_items i using (item_id) "
+        f"where p.item_id in (select item_id from {TAG_EVIDENCE}) order by p.popularity_rank limit {int(n_items)}",
+    )
+    rows = [
+        (title, *evidence.cells())
+        for item_id, title in items
+        for evidence in _read_tag_evidence(connection, item_id).tags
+    ]
+    return markdown_table(["item", *EVIDENCE_COLUMNS], rows, max_chars=120)

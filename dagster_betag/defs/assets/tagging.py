@@ -146,7 +146,9 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
         description=(
             "BETags: diverse beams of the finetuned model prompted with each item's base tags, aggregated; "
             f"then the configured ablations of the poster's Table 3 ({', '.join(v.name for v in ABLATIONS)}). "
-            "Partitioned by item shard; items whose base tags and adapter are unchanged are not decoded again."
+            "Partitioned by item shard; items whose base tags and adapter are unchanged are not decoded again. "
+            "Why each BETag: marts.item_tag_evidence (built after this asset, with the most popular items' evidence "
+            "in its metadata)."
         ),
     )
     def betags(context: AssetExecutionContext, config: BetagsRunConfig, llm: LLMResource, warehouse: WarehouseResource):

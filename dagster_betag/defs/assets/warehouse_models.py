@@ -8,7 +8,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.defs.resources import WarehouseResource
-from dagster_betag.warehouse import connect_readonly, describe_table
+from dagster_betag.warehouse import TAG_EVIDENCE, connect_readonly, describe_table, popular_tag_evidence_markdown
 
 
 class BetagDbtTranslator(DagsterDbtTranslator):
@@ -28,6 +28,9 @@ EVALUATION_OUTPUTS = "tag:evaluation_outputs"
 # the tables that later LLM stages read, built as soon as what they read from has landed
 BASE_TAG_GENERATIONS = "tag:base_tag_generations"
 CANONICAL_BASE_TAGS = "tag:canonical_base_tags"
+# the BETag asset runs before dbt builds the tag marts, so why its tags are what they are
+# is shown on the mart that says it, for this many of the most popular items
+N_EVIDENCE_ITEMS = 5
 
 
 def dbt_build_step(name: str, doc: str, *, select: str = "fqn:*", exclude: str | None = None):
@@ -77,7 +80,8 @@ evaluation_models = dbt_build_step(
 
 
 def _build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
-    """``dbt build`` of this asset's models and tests, then row counts and a preview per table."""
+    """``dbt build`` of this asset's models and tests, then row counts and a preview per table
+    (and, on marts.item_tag_evidence, the popular items' BETag evidence)."""
     warehouse.check_dbt_agrees()
     # DuckDB has one writer: a second run's build waits here instead of failing inside dbt
     with warehouse.writing("duckdb", context.log.info):
@@ -112,7 +116,14 @@ def _with_table_metadata(
                         "dagster/row_count": n_rows,
                         "table": relation,
                         "preview": MetadataValue.md(preview),
+                        **_explanations(connection, relation),
                     }
                 )
             yield event
 
+
+def _explanations(connection, relation: str) -> dict:
+    """On marts.item_tag_evidence: the evidence behind the most popular items' BETags."""
+    if relation != TAG_EVIDENCE:
+        return {}
+    return {"popular_items": MetadataValue.md(popular_tag_evidence_markdown(connection, N_EVIDENCE_ITEMS))}
