@@ -8,11 +8,12 @@ the full Dagster logs stay in the run for the UI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -22,9 +23,12 @@ from dagster_betag.evaluation.data import SPLITS
 from dagster_betag.files import DiskFullError
 from dagster_betag.profiles import PROFILES
 
-# the instance `betag run` creates: no telemetry (the machine may have no network)
+# the instance `betag run` creates: no telemetry (the machine may have no network), and no
+# newsletter dialog over the UI
 INSTANCE_YAML = """\
 telemetry:
+  enabled: false
+nux:
   enabled: false
 """
 
@@ -231,36 +235,50 @@ def _point_environment(args: argparse.Namespace) -> Path:
     return dataset_dir
 
 
-def _execute(job_name: str, run_config: dict, launched_by: str, *, verbose: bool):
-    """Run a job of the code location in this process, every item shard in one run, recorded in
-    the Dagster instance the UI reads; prints one line per step (``console.RunConsole``), and
-    the run's whole event log, dbt's output and library warnings go to a file under the warehouse."""
-    from dagster_betag.console import LOGGER_NAME, RunConsole
+@contextlib.contextmanager
+def _recorded_run(command: str, *, verbose: bool) -> Iterator[Callable[[str, dict], object]]:
+    """Around `betag <command>`'s job run: the console and log file (``console.RunConsole``),
+    the dbt manifest parsed again, and the Dagster instance the UI reads. Yields
+    ``execute(job_name, run_config)``; import the job inside, after the manifest is fresh (the
+    dbt assets read it when their module is imported)."""
+    from dagster_betag.console import RunConsole
 
-    log_path = settings.warehouse_dir() / "logs" / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = settings.warehouse_dir() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     console = RunConsole(log_path, verbose=verbose)
     os.environ.setdefault("DBT_USE_COLORS", "false")  # plain text in the log file
     print(f"betag: Dagster instance {_use_dagster_home()} (`betag ui` shows this run)")
-    print(f"betag: event log {log_path}")
+    print(f"betag: event log {log_path}", flush=True)
+    results = []
+
+    def execute(job_name: str, run_config: dict):
+        results.append(_execute(console, job_name, run_config, f"betag {command}"))
+        return results[-1]
+
     with console.capturing():
         _prepare_dbt_manifest()
-        from dagster import DagsterInstance
-
-        from dagster_betag.definitions import build_definitions
-        from dagster_betag.defs.partitions import every_item_shard
-
-        job = build_definitions().resolve_job_def(job_name).with_logger_defs({LOGGER_NAME: console.logger_definition})
-        with DagsterInstance.get() as instance:
-            result = job.execute_in_process(
-                instance=instance,
-                raise_on_error=False,
-                run_config={**run_config, "loggers": {LOGGER_NAME: {}}},
-                tags={"launched_by": launched_by, **every_item_shard()},
-            )
+        yield execute
     _print_check_results(console.steps.check_results)
-    if not result.success:
-        print(f"betag: error: the run failed ({_first_failure(result)}); details in {log_path}", file=sys.stderr)
-    return result
+    if results and not results[-1].success:
+        print(f"betag: error: the run failed ({_first_failure(results[-1])}); details in {log_path}", file=sys.stderr)
+
+
+def _execute(console, job_name: str, run_config: dict, launched_by: str):
+    """Run a job of the code location in this process, every item shard in one run, into the
+    instance ``_use_dagster_home`` set, its events to ``console``."""
+    from dagster import DagsterInstance
+
+    from dagster_betag.console import LOGGER_NAME
+    from dagster_betag.definitions import build_definitions
+    from dagster_betag.defs.partitions import every_item_shard
+
+    job = build_definitions().resolve_job_def(job_name).with_logger_defs({LOGGER_NAME: console.logger_definition})
+    with DagsterInstance.get() as instance:
+        return job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={**run_config, "loggers": {LOGGER_NAME: {}}},
+            tags={"launched_by": launched_by, **every_item_shard()},
+        )
 
 
 def _use_dagster_home() -> Path:
@@ -281,10 +299,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"betag: warehouse {settings.warehouse_dir()}")
     from dagster_betag.defs.config import profile_run_config
 
-    from dagster_betag.defs.jobs import betag_pipeline
+    with _recorded_run("run", verbose=args.verbose) as execute:
+        from dagster_betag.defs.jobs import betag_pipeline
 
-    run_config = profile_run_config(args.profile, args.ablations)
-    if not _execute(betag_pipeline.name, run_config, "betag run", verbose=args.verbose).success:
+        result = execute(betag_pipeline.name, profile_run_config(args.profile, args.ablations))
+    if not result.success:
         return 1
     _print_summary(time.perf_counter() - started)
     return 0
@@ -295,13 +314,13 @@ def _refresh(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"betag: refreshing {settings.warehouse_dir()} from {dataset_dir}, profile {args.profile}")
     from dagster_betag.defs.config import profile_run_config
-    from dagster_betag.defs.schedules import REFRESH_OPS
-
-    from dagster_betag.defs.jobs import catalog_refresh
     from dagster_betag.defs.keys import BASE_TAGS, BETAGS, op_name
 
-    run_config = profile_run_config(args.profile, ops=REFRESH_OPS)
-    result = _execute(catalog_refresh.name, run_config, "betag refresh", verbose=args.verbose)
+    with _recorded_run("refresh", verbose=args.verbose) as execute:
+        from dagster_betag.defs.jobs import catalog_refresh
+        from dagster_betag.defs.schedules import REFRESH_OPS
+
+        result = execute(catalog_refresh.name, profile_run_config(args.profile, ops=REFRESH_OPS))
     if not result.success:
         return 1
     for key, what in ((BASE_TAGS, "base tags"), (BETAGS, "BETags")):
@@ -349,12 +368,19 @@ def _prepare_dbt_manifest() -> None:
 
 
 def _print_check_results(checks: list) -> None:
-    if checks:
-        n_passed = sum(check.passed for check in checks)
-        print(f"betag: {n_passed}/{len(checks)} data tests passed")
-        for check in checks:
+    """The data tests' count and failures, then each claim check's verdict (they WARN only)."""
+    from dagster_betag.defs.checks import VERDICT
+
+    claims = [check for check in checks if VERDICT in check.metadata]
+    data_tests = [check for check in checks if VERDICT not in check.metadata]
+    if data_tests:
+        n_passed = sum(check.passed for check in data_tests)
+        print(f"betag: {n_passed}/{len(data_tests)} data tests passed")
+        for check in data_tests:
             if not check.passed:
                 print(f"betag:   failed: {check.check_name} on {check.asset_key.to_user_string()}")
+    for check in claims:
+        print(f"betag: claim {check.check_name}: {check.description}")
 
 
 def _first_failure(result) -> str:

@@ -83,6 +83,7 @@ class StepLines(logging.Handler):
 
     def _print(self, line: str) -> None:
         tqdm.write(line, file=self._out)
+        self._out.flush()  # a line as it happens, also when the console is a pipe or a file
 
 
 def error_line(error) -> str:

@@ -123,7 +123,7 @@ def test_run_builds_the_default_dataset_and_reports_its_figures(quick_run, ml_la
 
 def test_the_console_shows_one_line_per_step_and_the_event_log_keeps_the_rest(quick_run):
     completed, warehouse, _ = quick_run
-    [log_path] = (warehouse / "logs").glob("betag_pipeline-*.log")
+    [log_path] = (warehouse / "logs").glob("run-*.log")
     log = log_path.read_text()
     assert f"betag: event log {log_path}" in completed.stdout
     lines = completed.stdout.splitlines()

@@ -13,7 +13,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 from dagster_betag.defs import keys
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.evaluation.data import EvaluationInputError, load_results
-from dagster_betag.evaluation.report import ClaimResult, ablation_order, betag_comparison, cold_start_comparison
+from dagster_betag.evaluation.report import ClaimResult, Verdict, ablation_order, betag_comparison, cold_start_comparison
 from dagster_betag.evaluation.tag_sources import llm_tag_source_names
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
@@ -21,6 +21,8 @@ BETAGS = keys.BETAGS
 EVAL_RESULTS = keys.model("marts", "eval_results")
 TAG_DOCUMENTS = keys.model("marts", "item_tag_documents")
 MAX_EMPTY_SHARE = 0.05
+# the metadata entry that marks a claim check's result (and holds its verdict)
+VERDICT = "verdict"
 
 
 def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], ClaimResult], what: str):
@@ -34,14 +36,17 @@ def claim_check(name: str, description: str, claim: Callable[[pl.DataFrame], Cla
             results = load_results(warehouse.layout.database_path)
         except EvaluationInputError as missing:  # BETags decoded before any evaluation ran
             return AssetCheckResult(
-                passed=False, severity=AssetCheckSeverity.WARN, description=f"{what}: not measured ({missing})"
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description=f"{what}: not measured ({missing})",
+                metadata={VERDICT: Verdict.NOT_MEASURED.value},
             )
         result = claim(results)
         return AssetCheckResult(
             passed=result.holds,
             severity=AssetCheckSeverity.WARN,
             description=f"{what}: {result.summary()}",
-            metadata={"verdict": result.verdict.value, "comparison": MetadataValue.md(result.table)},
+            metadata={VERDICT: result.verdict.value, "comparison": MetadataValue.md(result.table)},
         )
 
     return check
