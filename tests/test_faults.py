@@ -25,6 +25,7 @@ from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
 from tests.test_refresh import REFRESH_RUN, add_movies
+from tests.test_ui import IN_PROCESS
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 TAG_OPS = {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm__betags")}
@@ -166,7 +167,9 @@ def test_two_refreshes_at_once_both_finish_and_tag_each_new_item_once(reference,
     new_ids = add_movies(dataset, 5, first_id=7001)
     env = environment(dataset, warehouse, model, tmp_path / "dagster-home")
     run_config = tmp_path / "refresh.yaml"
-    run_config.write_text(json.dumps(REFRESH_RUN))  # JSON is YAML
+    # JSON is YAML; the steps of each run in its process, as a subprocess per step would import
+    # the definitions (torch included) once per step: two processes meeting at the locks is the test
+    run_config.write_text(json.dumps({**REFRESH_RUN, **IN_PROCESS}))
     command = [
         str(DAGSTER), "job", "execute", "-m", "dagster_betag.definitions", "-j", "catalog_refresh",
         "--config", str(run_config), "--tags", json.dumps(every_item_shard()),
