@@ -163,13 +163,16 @@ def tagging_scope(database_path: Path, max_items: int | None) -> list[dict]:
 
 def natively_tagged_items(database_path: Path, n: int, min_tags: int) -> list[dict]:
     """Catalog rows of the ``n`` items with the most distinct human (native) tags, at least
-    ``min_tags``, each with ``native_tags`` most used first (the catalog's own few-shot examples)."""
+    ``min_tags``, each with ``native_tags`` most used first (the catalog's own few-shot examples).
+    Only the tag file's tags count: attribute values standing in for native tags (genres) are
+    in the prompt already and would teach the model to repeat them."""
     with connect_readonly(database_path) as connection:
         columns, rows = fetch_rows(
             connection,
             "select d.item_id, d.title, d.description, d.attributes, "
             "list(t.tag order by t.n_taggings desc, t.tag) as native_tags "
             "from marts.dim_items d join marts.fct_item_native_tags t using (item_id) "
+            "where t.origin = 'tag_file' "
             f"group by all having count(*) >= {int(min_tags)} "
             f"order by count(*) desc, any_value(d.n_train_interactions) desc, d.item_id limit {int(n)}",
         )

@@ -192,6 +192,18 @@ def test_a_new_sql_tag_source_is_one_model_and_one_registry_line(registry_of):
     assert "| title_words |" in poster_tables(frame)
 
 
+def test_with_a_tag_file_the_native_source_is_its_tags_not_the_genres(built):
+    """ml-latest layout: tags.csv landed, so native_tags_from_attribute (auto) leaves the genres out
+    (tests/test_native_tags.py builds the ml-1m layout, where the genres stand in)."""
+    with duckdb.connect(str(built.database), read_only=True) as connection:
+        documents = dict(connection.execute(
+            "select item_id, tags from marts.item_tag_documents where tag_source = 'native' and n_tags > 0"
+        ).fetchall())  # fmt: skip
+        origins = connection.execute("select distinct origin from marts.fct_item_native_tags").fetchall()
+    # the synthetic tags.csv: "Pixar" and "pixar." on item 1, "time travel" on item 4
+    assert documents == {"1": ["pixar"], "4": ["time travel"]} and origins == [("tag_file",)]
+
+
 def test_a_new_retrieval_method_is_one_scorer_and_one_registry_line(registry_of, monkeypatch):
     """A trivial scorer, registered in the fixture, is run on every tag source and reported."""
     calls = []

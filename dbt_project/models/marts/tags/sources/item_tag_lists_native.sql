@@ -1,4 +1,5 @@
--- The native (human) tags of each item as one list, most often applied first.
+-- The native tags of each item as one list (human tags, or attribute values standing in for
+-- them: stg_native_tags), most often applied first.
 
 with
 
