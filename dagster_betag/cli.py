@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-
 from dagster_betag import settings
 from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, DatasetError
 from dagster_betag.evaluation.data import SPLITS
@@ -249,18 +248,20 @@ def _recorded_run(command: str, *, verbose: bool) -> Iterator[Callable[[str, dic
     os.environ.setdefault("DBT_USE_COLORS", "false")  # plain text in the log file
     print(f"betag: Dagster instance {_use_dagster_home()} (`betag ui` shows this run)")
     print(f"betag: event log {log_path}", flush=True)
-    results = []
+    result = None
 
     def execute(job_name: str, run_config: dict):
-        results.append(_execute(console, job_name, run_config, f"betag {command}"))
-        return results[-1]
+        nonlocal result
+        result = _execute(console, job_name, run_config, f"betag {command}")
+        return result
 
     with console.capturing():
         _prepare_dbt_manifest()
         yield execute
+    # after the capture: until then stdout is dbt's log
     _print_check_results(console.steps.check_results)
-    if results and not results[-1].success:
-        print(f"betag: error: the run failed ({_first_failure(results[-1])}); details in {log_path}", file=sys.stderr)
+    if result is not None and not result.success:
+        print(f"betag: error: the run failed ({_first_failure(result)}); details in {log_path}", file=sys.stderr)
 
 
 def _execute(console, job_name: str, run_config: dict, launched_by: str):

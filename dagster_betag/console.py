@@ -136,7 +136,6 @@ class RunConsole:
     def __init__(self, log_path: Path, *, verbose: bool, out: io.TextIOBase | None = None):
         self.log_path, self.verbose = log_path, verbose
         self.steps = StepLines(out or sys.stdout)
-        self._log: io.TextIOBase | None = None
 
     @property
     def logger_definition(self) -> LoggerDefinition:
@@ -148,20 +147,22 @@ class RunConsole:
         file (and, verbose, to the terminal as well) until the run ends."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w", encoding="utf-8") as log, DbtOutput(log) as dbt_output:
-            self._log = log
-            file_handler = logging.StreamHandler(log)
-            file_handler.setFormatter(logging.Formatter(EVENT_FORMAT))
+            file_handler = _event_handler(log, logging.DEBUG)
+            echo = _event_handler(sys.stderr, logging.INFO) if self.verbose else None
             self._logger = logging.Logger("dagster", level=logging.DEBUG)
-            self._logger.addHandler(file_handler)
-            self._logger.addHandler(self.steps)
-            echo = None
-            if self.verbose:
-                echo = logging.StreamHandler(sys.stderr)
-                echo.setFormatter(logging.Formatter(EVENT_FORMAT))
-                echo.setLevel(logging.INFO)
-                self._logger.addHandler(echo)
+            for handler in (file_handler, self.steps, echo):
+                if handler is not None:
+                    self._logger.addHandler(handler)
             with _library_output_to(file_handler, echo), contextlib.redirect_stdout(dbt_output):
                 yield self
+
+
+def _event_handler(stream: io.TextIOBase, level: int) -> logging.Handler:
+    """Records written in Dagster's console format."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(EVENT_FORMAT))
+    handler.setLevel(level)
+    return handler
 
 
 @contextlib.contextmanager
