@@ -13,6 +13,7 @@ conversion to safetensors (library code, no Dagster; torch and transformers load
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -64,14 +65,21 @@ class EmbeddedModel:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """No per-tensor progress bars while loading (they flood pipeline logs); restore the setting after."""
+    """No per-tensor progress bars while loading (they flood pipeline logs); restore the setting after.
+
+    transformers' GGUF dequantization draws its bar with a bare ``tqdm`` that ignores
+    ``disable_progress_bar()``, so that module's ``tqdm`` is swapped for a disabled one meanwhile."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging as hf_logging
 
     was_disabled = hf_logging.is_progress_bar_enabled() is False
+    bar = gguf_loading.tqdm
     hf_logging.disable_progress_bar()
+    gguf_loading.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        gguf_loading.tqdm = bar
         if not was_disabled:
             hf_logging.enable_progress_bar()
 
