@@ -25,6 +25,26 @@ def loss_curve_png(step_losses: Sequence[float], validation_before: float, valid
     return _png(figure)
 
 
+def fit_curve_png(epochs: Sequence[Mapping[str, float]], best_epoch: int) -> bytes:
+    """The fit curve: in-sample fit (and the beams' pairwise Jaccard) against epochs, with the
+    validation loss on a second axis; epoch 0 is before training."""
+    figure, axes = plt.subplots(figsize=(6, 3.4), dpi=100)
+    x = [record["epoch"] for record in epochs]
+    axes.plot(x, [record["in_sample_fit"] for record in epochs], marker="o", label="in-sample fit")
+    axes.plot(x, [record["beam_jaccard"] for record in epochs], marker="s", label="beam Jaccard across items")
+    axes.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("share")
+    loss_axes = axes.twinx()
+    losses = [record["validation_loss"] for record in epochs]
+    loss_axes.plot(x, losses, color="green", linestyle="--", label="validation loss")
+    loss_axes.set_ylabel("validation loss")
+    lines = axes.get_legend_handles_labels()
+    loss_lines = loss_axes.get_legend_handles_labels()
+    axes.legend(lines[0] + loss_lines[0], lines[1] + loss_lines[1], fontsize=8)
+    return _png(figure)
+
+
 def tag_frequency_png(tag_counts: Sequence[tuple[str, int]], title: str) -> bytes:
     """Horizontal bars of the most frequent tags: junk tags stand out at the top."""
     tags = [tag for tag, _ in tag_counts][::-1]

@@ -23,11 +23,12 @@ import polars as pl
 
 from dagster_betag.files import replacing
 from dagster_betag.hashing import stable_hash
-from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION, INSTRUCTION
+from dagster_betag.llm import fit
+from dagster_betag.llm.behavior import DEFAULT_ITEM_WRITING, INSTRUCTION, ItemWriting, item_writing_named
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, instruction_texts
 from dagster_betag.llm.vocabulary import TagMap
 from dagster_betag.shards import ShardedTable
-from dagster_betag.warehouse import WarehouseLayout, connect_readonly, fetch_rows
+from dagster_betag.warehouse import WarehouseLayout, connect_readonly, fetch_rows, train_successors
 
 if TYPE_CHECKING:
     from dagster_betag.llm.base_tags import BaseTagConfig
@@ -62,6 +63,7 @@ def betag_table(
     decoding: object,
     vocabulary_id: str,
     *,
+    prompt_version: str,
     first_group_of: ShardedTable | None = None,
 ) -> ShardedTable:
     """The BETag shards of one variant decoded by one adapter (``"none"``: the base model) with
@@ -76,7 +78,7 @@ def betag_table(
         "adapter_id": adapter_id,
         "model": model.name,
         "precision": model.precision,
-        "prompt_version": BEHAVIOR_PROMPT_VERSION,
+        "prompt_version": prompt_version,
         "decoding": stable_hash(decoding, *derived.items(), length=12),
         "vocabulary_id": vocabulary_id,
     }
@@ -122,6 +124,24 @@ def base_tags_to_prompt(layout: WarehouseLayout) -> dict[str, list[str]]:
             "group by generation.item_id",
         )
     return {item_id: list(tags) for item_id, tags in rows}
+
+
+def behavior_targets(layout: WarehouseLayout, max_tags: int | None = None) -> dict[str, list[str]]:
+    """item id -> its behavior target (``llm/fit.py``): the current base tags of its train
+    successors, weighted by transitions."""
+    return fit.behavior_targets(train_successors(layout.database_path), current_base_tags(layout), max_tags)
+
+
+def adapter_manifest(pointer: Mapping[str, object] | None) -> dict:
+    """The manifest of the adapter behind ``pointer`` (``current_adapter``); {} without one."""
+    path = Path(str(pointer["folder"])) / "manifest.json" if pointer else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def adapter_item_writing(manifest: Mapping[str, object]) -> ItemWriting:
+    """How an adapter (its manifest) writes items in its prompts; the default writing without
+    an adapter or for one trained before item writings existed."""
+    return item_writing_named(str(manifest.get("item_writing", DEFAULT_ITEM_WRITING)))
 
 
 def tag_map_path(layout: WarehouseLayout) -> Path:

@@ -196,6 +196,26 @@ def session_recency(database_path: Path) -> dict[str, float]:
     return dict(rows)
 
 
+def train_successors(database_path: Path) -> dict[str, list[tuple[str, int]]]:
+    """item id -> (next item id, train transitions) of its train successors, most frequent first
+    (``intermediate.int_item_transitions_counted``, what the count-based reference reads)."""
+    with connect_readonly(database_path) as connection:
+        _, rows = fetch_rows(
+            connection,
+            "select item_id, list(next_item_id order by successor_rank), "
+            "list(n_transitions order by successor_rank) "
+            "from intermediate.int_item_transitions_counted group by item_id",
+        )
+    return {item_id: list(zip(next_ids, counts, strict=True)) for item_id, next_ids, counts in rows}
+
+
+def item_titles(database_path: Path) -> dict[str, str]:
+    """item id -> title, of every catalog item (``marts.dim_items``)."""
+    with connect_readonly(database_path) as connection:
+        _, rows = fetch_rows(connection, "select item_id, title from marts.dim_items")
+    return {item_id: title for item_id, title in rows}
+
+
 def run_user_query(database_path: Path, sql: str, max_rows: int) -> tuple[list[str], list[tuple], bool]:
     """Columns, at most ``max_rows`` rows, and whether more rows exist, of a user's query.
 

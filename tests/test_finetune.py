@@ -1,8 +1,10 @@
 """Behavior-enhanced finetuning: windows, tag subsets, answer-only loss, a LoRA that learns."""
 
 import random
+from dataclasses import replace
 
 import polars as pl
+import pytest
 import torch
 
 from dagster_betag.llm.behavior import answer_text
@@ -192,3 +194,63 @@ def test_cheap_loss_paths_give_the_full_logits_loss_and_gradients(tiny_llm):
             torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
     assert len(micro_batches(batch, replace(first_version, max_batch_tokens=90))) > 1  # the budget did split it
     assert shared_prefix_length([e.input_ids for e in batch]) > 20  # the instruction is shared
+
+
+def test_per_item_examples_answer_with_the_behavior_target_and_hold_out_items(tiny_llm):
+    targets = {f"i{i}": [f"i{(i + 1) % 30} mood", "shared tag"] for i in range(30) if i != 5}
+    config = WindowConfig(examples="items", validation_share=0.3, max_examples=10)
+    per_item = build_windows(SESSIONS, ALL_ITEMS - {"i7"}, config, targets=targets)
+    # every tagged item with a target, none sampled away: not i5 (no target), not i7 (no tags)
+    assert sorted(w.target_item_id for w in per_item) == sorted(set(targets) - {"i7"})
+    assert all(w.is_item_target and w.context_item_ids == (w.target_item_id,) for w in per_item)
+    assert any(w.is_validation for w in per_item) and not all(w.is_validation for w in per_item)
+    both = build_windows(SESSIONS, ALL_ITEMS - {"i7"}, replace(config, examples="both"), targets=targets)
+    assert len(both) == len(per_item) + 10 and sum(w.is_item_target for w in both) == len(per_item)
+    assert Window.from_frame(Window.to_frame(both)) == both
+    # the answer of a per-item example is the item's target, not a successor's tags
+    from dagster_betag.llm.finetune import _encoder
+
+    tags = {item: [f"{item} own"] for item in ALL_ITEMS}
+    example = next(w for w in per_item if w.target_item_id == "i3")
+    encoded = _encoder(tiny_llm.tokenizer, tags, targets, None, LoraConfig(min_tag_share=1.0))(example, None)
+    answer = tiny_llm.tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+    assert answer.startswith("i4 mood, shared tag") and "i3 own" in tiny_llm.tokenizer.decode(encoded.input_ids)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_the_fit_curve_is_recorded(tiny_llm, tmp_path):
+    from dagster_betag.llm.pipeline import finetune_run
+
+    tags = {item: [f"{item} mood", f"{item} theme", "shared tag"] for item in ALL_ITEMS}
+    targets = {item: [f"i{(int(item[1:]) + 1) % 30} mood"] for item in ALL_ITEMS}
+    windows = build_windows(SESSIONS[:8], ALL_ITEMS, WindowConfig(examples="items", validation_share=0.3), targets=targets)
+    # a learning rate far too high: the validation loss gets worse after a while, and training stops
+    config = LoraConfig(
+        epochs=6, learning_rate=0.5, warmup_steps=1, batch_size=8, early_stopping_patience=1, fit_curve_items=3
+    )
+    artifact = finetune_run(
+        tiny_llm, windows, tags, config,
+        targets_by_item=targets, titles=None, adapters_dir=tmp_path, data_fingerprint="test", log=lambda _: None,
+    )  # fmt: skip
+    epochs = artifact.manifest["epochs"]
+    best = artifact.manifest["best_epoch"]
+    losses = [record["validation_loss"] for record in epochs]
+    assert epochs[0]["epoch"] == 0 and {"in_sample_fit", "beam_jaccard", "n_fit_items"} <= set(epochs[0])
+    assert epochs[0]["n_fit_items"] == 3 and artifact.fit_png and (artifact.folder / "fit_curve.png").is_file()
+    assert losses[best] == min(losses) == artifact.manifest["validation_loss_after"]
+    # stopped one epoch after the best, unless the best was the last allowed
+    assert len(epochs) - 1 == min(best + 1, 6), losses
+
+
+def test_the_title_writing_puts_each_item_title_before_its_tags(tiny_llm):
+    from dagster_betag.llm.behavior import prompt_text
+
+    tokenizer = tiny_llm.tokenizer
+    with_titles = prompt_text(tokenizer, [["toys", "friendship"], ["space"]], ["Toy Story", "Alien"])
+    assert "1. Toy Story: toys, friendship\n2. Alien: space" in with_titles
+    assert "1. toys, friendship\n2. space" in prompt_text(tokenizer, [["toys", "friendship"], ["space"]])
+    example = encode_example(tokenizer, [["toys"]], ["space"], 256, ["Toy Story"])
+    assert "Toy Story: toys" in tokenizer.decode(example.input_ids)
+    with pytest.raises(ValueError, match="needs the items' titles"):
+        train_lora(tiny_llm, [], {}, LoraConfig(item_writing="title_and_tags"))
+    with pytest.raises(ValueError, match="unknown item writing"):
+        LoraConfig(item_writing="titles only")

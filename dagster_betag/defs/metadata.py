@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from dagster import MetadataValue
 
+from dagster_betag.llm.fit import FitMeasures
 from dagster_betag.plots import markdown_image, tag_frequency_png
 from dagster_betag.shards import RunCounts
+from dagster_betag.warehouse import markdown_table
 
 
 def run_counts_metadata(counts: RunCounts) -> dict:
@@ -39,3 +41,24 @@ def tag_quality_metadata(tags_by_item: Mapping[str, Sequence[str]], what: str) -
 def plain_values(metadata: Mapping[str, object], prefix: str) -> dict:
     """``metadata``'s scalar entries under ``prefix/`` (charts and tables left out)."""
     return {f"{prefix}/{key}": value for key, value in metadata.items() if not isinstance(value, MetadataValue)}
+
+
+def epochs_metadata(epochs: Sequence[Mapping[str, float]]) -> dict:
+    """An adapter's per-epoch records (epoch 0: before training): the validation loss and, with
+    a fit curve, the in-sample fit and beam Jaccard, as a table and as before/after figures."""
+    if not epochs:  # an adapter trained before epochs were recorded
+        return {}
+    columns = list(dict.fromkeys(name for record in epochs for name in record))
+    rows = [tuple(round(v, 4) if isinstance(v, float) else v for v in map(record.get, columns)) for record in epochs]
+    before, after = epochs[0], epochs[-1]
+    return {
+        "epochs": MetadataValue.md(markdown_table(columns, rows)),
+        **{f"{name}_before": before[name] for name in ("in_sample_fit", "beam_jaccard") if name in before},
+        **{f"{name}_last_epoch": after[name] for name in ("in_sample_fit", "beam_jaccard") if name in after},
+    }
+
+
+def fit_metadata(measures: FitMeasures) -> dict:
+    """Does the decode carry behavior (``llm/fit.py``): in-sample fit and input sensitivity, each
+    with its reference."""
+    return {f"fit/{name}": value for name, value in measures.metadata().items()}

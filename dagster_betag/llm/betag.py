@@ -6,7 +6,7 @@ Only base tags are needed, so items without any behavior (cold start) get BETags
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -137,12 +137,13 @@ def generate_betags(
     config: BetagConfig,
     *,
     tag_map: TagMap | None = None,
+    titles: Mapping[str, str] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ItemBetags]:
     """BETags for ``(item_id, base_tags)`` pairs, in input order.
 
     Each item is prompted exactly as in finetuning, as a one-item sequence of its own
-    base tags; the instruction every prompt starts with is run once per call (its cache is
+    base tags (after its title, from ``titles``, for an adapter trained so); the instruction every prompt starts with is run once per call (its cache is
     shared), and items are batched by length to keep padding small. With ``tag_map``, every
     beam's tags are mapped to canonical tags (junk dropped) before aggregation, and with
     ``config.constrain_to_vocabulary`` the beams can only write its canonical tags.
@@ -150,7 +151,9 @@ def generate_betags(
     tokenizer = llm.tokenizer
     eos_ids = end_of_turn_ids(llm)
     table = token_table(tokenizer)
-    prompts = [prompt_text(tokenizer, [list(tags)]) for _, tags in items]
+    prompts = [
+        prompt_text(tokenizer, [list(tags)], None if titles is None else [titles[item_id]]) for item_id, tags in items
+    ]
     prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
     shared_cache = prefix_cache(llm.model, prefix_ids)
     order = sorted(range(len(items)), key=lambda index: len(suffixes[index]))

@@ -1,9 +1,12 @@
 """Behavior-enhanced finetuning: LoRA on next-item tag prediction.
 
 From train-only behavior sessions, each window of consecutive items becomes one example:
-the context items written as their base tags, the target the next item's tags (or the
-union of the next few items' tags). A BETag prompt holds one item, so a configurable share
-of the examples has exactly that shape: one item, then the next. Each
+the context items written as their base tags (optionally after their titles), the target the
+next item's tags (or the union of the next few items' tags). A BETag prompt holds one item,
+so a configurable share of the examples has exactly that shape: one item, then the next.
+Per-item examples (``WindowConfig.examples``) ask, for every item with train successors,
+for its behavior target (``llm/fit.py``): what its successors' base tags say, weighted by
+transitions. Each
 epoch redraws a random 80-100 % subset of every item's tags (as the official
 configuration does), so the model learns from tag sets, not from one fixed string. The
 loss covers the answer tokens only.
@@ -22,8 +25,17 @@ import polars as pl
 import torch
 
 from dagster_betag.knobs import knob
-from dagster_betag.llm.behavior import answer_text, prompt_text
+from dagster_betag.llm.behavior import (
+    DEFAULT_ITEM_WRITING,
+    ITEM_WRITINGS,
+    answer_text,
+    item_writing_named,
+    prompt_text,
+)
 from dagster_betag.llm.lora_loss import COMPUTE_DTYPES, IGNORE_INDEX, EncodedExample, autocast_dtype, batch_loss
+
+# what the finetuning examples are: session windows, one behavior-target example per item, or both
+EXAMPLE_KINDS = ("windows", "items", "both")
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -45,6 +57,13 @@ class WindowConfig:
         "The answer is the union of the tags of the next target_items items (1: the next item only), most shared "
         "tags first, at most LoraConfig.max_answer_tags of them.",
     )
+    examples: str = knob(
+        "windows",
+        "windows: next-item windows of the behavior sessions (sampled down to max_examples); items: one example per "
+        "item with train successors, the item alone as context and its behavior target as answer (its successors' "
+        "base tags weighted by transitions, llm/fit.py), every such item, held-out items by validation_share; both: "
+        "the two together.",
+    )
     recency_weight: float = knob(
         0.0,
         "Windows are sampled with weight exp(recency_weight * r), r in [0, 1] the rank of the session's end among "
@@ -57,6 +76,8 @@ class WindowConfig:
             raise ValueError("one_item_share must be between 0 and 1")
         if self.target_items < 1:
             raise ValueError("target_items must be at least 1")
+        if self.examples not in EXAMPLE_KINDS:
+            raise ValueError(f"examples must be one of {', '.join(EXAMPLE_KINDS)}, not {self.examples!r}")
 
 
 # the Parquet schema of llm/finetune_examples: one row per Window
@@ -67,6 +88,7 @@ WINDOW_SCHEMA = {
     "target_item_id": pl.Utf8,
     "is_validation": pl.Boolean,
     "later_item_ids": pl.List(pl.Utf8),
+    "is_item_target": pl.Boolean,
 }
 
 
@@ -78,6 +100,7 @@ class Window:
     target_item_id: str
     is_validation: bool
     later_item_ids: tuple[str, ...] = ()  # the items after the target whose tags join the answer
+    is_item_target: bool = False  # a per-item example: the answer is the context item's behavior target
 
     def target_item_ids(self) -> tuple[str, ...]:
         return (self.target_item_id, *self.later_item_ids)
@@ -93,6 +116,7 @@ class Window:
                 "target_item_id": [w.target_item_id for w in windows],
                 "is_validation": [w.is_validation for w in windows],
                 "later_item_ids": [list(w.later_item_ids) for w in windows],
+                "is_item_target": [w.is_item_target for w in windows],
             },
             schema=WINDOW_SCHEMA,
         )
@@ -100,7 +124,8 @@ class Window:
     @staticmethod
     def from_frame(frame: pl.DataFrame) -> list[Window]:
         """The windows of a frame written by ``to_frame``, in row order; a frame from before
-        ``later_item_ids`` existed reads as windows without later items."""
+        ``later_item_ids`` or ``is_item_target`` existed reads as windows without later items
+        and without per-item examples."""
         return [
             Window(
                 row["example_id"],
@@ -109,6 +134,7 @@ class Window:
                 row["target_item_id"],
                 row["is_validation"],
                 tuple(row.get("later_item_ids") or ()),
+                bool(row.get("is_item_target")),
             )
             for row in frame.iter_rows(named=True)
         ]
@@ -119,15 +145,21 @@ def build_windows(
     tagged_items: set[str],
     config: WindowConfig,
     recency: Mapping[str, float] | None = None,
+    targets: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Window]:
     """Windows ending at each position of each session, sampled down to ``max_examples``:
-    ``one_item_share`` of them one-item windows, the rest windows of ``min_items`` or more.
+    ``one_item_share`` of them one-item windows, the rest windows of ``min_items`` or more;
+    with ``config.examples`` items or both, one per-item example for each tagged item with a
+    behavior target in ``targets`` (item -> target tags), validation chosen per item.
 
     Items without base tags are skipped in their session (they cannot be written as
     tags). Validation is chosen per session, by a hash, so its windows never share
     behavior with training windows. ``recency`` (session id -> rank of its end in [0, 1])
     weighs the sample toward recent sessions when ``config.recency_weight`` is set.
     """
+    per_item = item_examples(targets or {}, tagged_items, config) if config.examples != "windows" else []
+    if config.examples == "items":
+        return per_item
     one_item: list[Window] = []
     longer: list[Window] = []
     for session_id, item_ids in sessions:
@@ -152,7 +184,26 @@ def build_windows(
         windows = _weighted_sample(one_item, n_one_item, weight, rng) + _weighted_sample(
             longer, config.max_examples - n_one_item, weight, rng
         )
-    return sorted(windows, key=lambda window: window.example_id)
+    return sorted(windows + per_item, key=lambda window: window.example_id)
+
+
+def item_examples(
+    targets: Mapping[str, Sequence[str]], tagged_items: set[str], config: WindowConfig
+) -> list[Window]:
+    """One per-item example for each tagged item with a non-empty behavior target; an item is
+    held out for validation by a hash of its id, so early stopping watches unseen items."""
+    return [
+        Window(
+            f"item:{item}",
+            f"item:{item}",
+            (item,),
+            item,
+            _unit_hash(f"{config.seed}:item:{item}") < config.validation_share,
+            is_item_target=True,
+        )
+        for item in sorted(targets)
+        if item in tagged_items and targets[item]
+    ]
 
 
 def _recency_weights(recency: Mapping[str, float], strength: float) -> Callable[[Window], float]:
@@ -196,7 +247,11 @@ def sample_tags(tags: Sequence[str], rng: random.Random, min_share: float) -> li
 
 
 def encode_example(
-    tokenizer, context_tags: Sequence[Sequence[str]], target_tags: Sequence[str], max_length: int
+    tokenizer,
+    context_tags: Sequence[Sequence[str]],
+    target_tags: Sequence[str],
+    max_length: int,
+    titles: Sequence[str] | None = None,
 ) -> EncodedExample:
     """Tokenize prompt and answer apart, so the prompt is masked exactly as generation sees it.
 
@@ -204,12 +259,14 @@ def encode_example(
     matters most, and the answer must stay whole.
     """
     context = list(context_tags)
+    named = None if titles is None else list(titles)  # (context items,) titles, aligned with context
     while True:
-        prompt_ids = tokenizer(prompt_text(tokenizer, context), add_special_tokens=False).input_ids
-        answer_ids = tokenizer(answer_text(tokenizer, context, target_tags), add_special_tokens=False).input_ids
+        prompt_ids = tokenizer(prompt_text(tokenizer, context, named), add_special_tokens=False).input_ids
+        answer = answer_text(tokenizer, context, target_tags, named)
+        answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
         if len(prompt_ids) + len(answer_ids) <= max_length or len(context) <= 1:
             break
-        context = context[1:]
+        context, named = context[1:], None if named is None else named[1:]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
     return EncodedExample(input_ids, labels)
@@ -255,11 +312,30 @@ class LoraConfig:
     max_length: int = knob(384, "Tokens per example at most; the oldest context items are dropped first.")
     min_tag_share: float = knob(0.8, "Each item keeps a random min_tag_share-100 % of its tags per epoch.")
     max_answer_tags: int = knob(8, "Tags per answer at most: as many as a BETag beam may write (max_tags_per_beam).")
+    item_writing: str = knob(
+        DEFAULT_ITEM_WRITING,
+        "How the behavior prompt writes an item, in finetuning and (read from the adapter) in BETag generation: "
+        + "; ".join(f"{w.name}: {w.description}" for w in ITEM_WRITINGS.values())
+        + ".",
+    )
+    early_stopping_patience: int | None = knob(
+        None,
+        "Stop after this many epochs without a lower validation loss and keep the adapter of the best epoch "
+        "(the validation loss is measured after every epoch); null trains every epoch and keeps the last.",
+    )
+    fit_curve_items: int = knob(
+        0,
+        "Training items with a behavior target whose beams are decoded before training and after every epoch "
+        "(4 groups of 1 beam) to measure the in-sample fit (llm/fit.py): the fit curve; 0 measures none.",
+    )
     seed: int = knob(0, "Seed of the adapter's initialization, the tag sampling and the batch order.")
 
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
+        item_writing_named(self.item_writing)
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError("early_stopping_patience must be at least 1 (or null)")
 
 
 @dataclass
@@ -271,6 +347,10 @@ class TrainingResult:
     n_train_examples: int = 0
     n_validation_examples: int = 0
     seconds: float = 0.0
+    # one record per measured epoch (0: before training): "epoch", "validation_loss", and what
+    # on_epoch measured (the fit curve)
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # the epoch whose adapter was kept
 
 
 def train_lora(
@@ -279,13 +359,19 @@ def train_lora(
     tags_by_item: Mapping[str, Sequence[str]],
     config: LoraConfig,
     *,
+    targets_by_item: Mapping[str, Sequence[str]] | None = None,
+    titles: Mapping[str, str] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[torch.nn.Module], dict] | None = None,
 ) -> TrainingResult:
     """Attach a LoRA adapter to ``llm.model`` and train it on the windows. With a bfloat16
     ``compute_dtype``, the frozen weights of ``llm.model`` are stored in bfloat16 from then on.
 
-    ``on_step(step, total_steps, loss)`` reports progress. The validation loss uses every
-    tag of every item (no sampling), so before and after are comparable.
+    ``targets_by_item``: the behavior targets per-item examples answer with; ``titles``: item
+    titles, required by an ``item_writing`` with titles. ``on_step(step, total_steps, loss)``
+    reports progress; ``on_epoch(model)``, called before training and after each epoch with the
+    model in eval mode (under the compute dtype's autocast), returns measurements to record.
+    The validation loss uses every tag of every item (no sampling), so epochs are comparable.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -311,18 +397,31 @@ def train_lora(
                 parameter.data = parameter.data.to(fast_dtype)
     train = [w for w in windows if not w.is_validation]
     validation = [w for w in windows if w.is_validation]
-    encode = _encoder(llm.tokenizer, tags_by_item, config)
+    encode = _encoder(llm.tokenizer, tags_by_item, targets_by_item or {}, titles, config)
     validation_examples = [encode(w, None) for w in validation]
     result = TrainingResult(peft_model, n_train_examples=len(train), n_validation_examples=len(validation))
-    result.validation_loss_before = _mean_loss(peft_model, validation_examples, config, llm)
+
+    def measure(epoch: int) -> float:
+        loss = _mean_loss(peft_model, validation_examples, config, llm)
+        record = {"epoch": epoch, "validation_loss": loss}
+        if on_epoch:
+            device_type = torch.device(llm.device).type
+            with torch.autocast(device_type, dtype=fast_dtype or torch.float32, enabled=fast_dtype is not None):
+                record |= on_epoch(peft_model)
+        result.epochs.append(record)
+        return loss
+
+    result.validation_loss_before = best_loss = measure(0)
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+    best_weights = [p.detach().clone() for p in trained]
 
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.gradient_accumulation))
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_steps, total_steps))
-    peft_model.train()
     step = 0
     for epoch in range(config.epochs):
+        peft_model.train()
         rng = random.Random(f"{config.seed}:{epoch}")
         order = rng.sample(train, len(train))
         examples = [encode(window, rng) for window in order]
@@ -338,8 +437,18 @@ def train_lora(
             result.step_losses.append(sum(losses) / len(losses))
             if on_step:
                 on_step(step, total_steps, result.step_losses[-1])
+        loss = measure(epoch + 1)
+        # without validation examples the loss is nan, which counts as better: the last epoch is kept
+        if not loss >= best_loss or config.early_stopping_patience is None:
+            best_loss, result.best_epoch = loss, epoch + 1
+            best_weights = [p.detach().clone() for p in trained]
+        elif epoch + 1 - result.best_epoch >= config.early_stopping_patience:
+            break
+    with torch.no_grad():
+        for parameter, weights in zip(trained, best_weights, strict=True):
+            parameter.copy_(weights)
     peft_model.eval()
-    result.validation_loss_after = _mean_loss(peft_model, validation_examples, config, llm)
+    result.validation_loss_after = result.epochs[result.best_epoch]["validation_loss"]
     result.seconds = time.perf_counter() - started
     return result
 
@@ -355,15 +464,29 @@ def length_grouped_batches(
     return rng.sample(batches, len(batches))
 
 
-def _encoder(tokenizer, tags_by_item: Mapping[str, Sequence[str]], config: LoraConfig):
+def _encoder(
+    tokenizer,
+    tags_by_item: Mapping[str, Sequence[str]],
+    targets_by_item: Mapping[str, Sequence[str]],
+    titles: Mapping[str, str] | None,
+    config: LoraConfig,
+):
+    with_title = item_writing_named(config.item_writing).with_title
+    if with_title and titles is None:
+        raise ValueError(f"item_writing {config.item_writing!r} needs the items' titles")
+
     def encode(window: Window, rng: random.Random | None) -> EncodedExample:
-        def tags(item_id: str) -> Sequence[str]:
-            full = tags_by_item[item_id]
+        def sampled(full: Sequence[str]) -> Sequence[str]:
             return full if rng is None else sample_tags(full, rng, config.min_tag_share)
 
-        context = [tags(item) for item in window.context_item_ids]
-        answer = target_tags([tags(item) for item in window.target_item_ids()], config.max_answer_tags)
-        return encode_example(tokenizer, context, answer, config.max_length)
+        context = [sampled(tags_by_item[item]) for item in window.context_item_ids]
+        if window.is_item_target:
+            answer = list(sampled(targets_by_item[window.target_item_id]))[: config.max_answer_tags]
+        else:
+            answers = [sampled(tags_by_item[item]) for item in window.target_item_ids()]
+            answer = target_tags(answers, config.max_answer_tags)
+        named = [titles[item] for item in window.context_item_ids] if with_title else None
+        return encode_example(tokenizer, context, answer, config.max_length, named)
 
     return encode
 

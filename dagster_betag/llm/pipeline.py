@@ -18,15 +18,17 @@ import polars as pl
 
 from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribute_values
-from dagster_betag.llm.behavior import BEHAVIOR_PROMPT_VERSION
+from dagster_betag.llm.behavior import item_writing_named
 from dagster_betag.llm.betag import BetagConfig, ItemBetags, WeightedTag, first_group, generate_betags
 from dagster_betag.llm.model import QUANTIZED_DTYPES, ModelError
 from dagster_betag.llm.hardware import release_freed_memory
+from dagster_betag.llm.decoding import DiverseBeamConfig
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
+from dagster_betag.llm.fit import measure_fit
 from dagster_betag.llm.prompts import DEFAULT_FEW_SHOT, ItemDescription, describe_item
 from dagster_betag.llm.tagger import BaseTagContext, Tagger
 from dagster_betag.llm.vocabulary import TagMap
-from dagster_betag.plots import loss_curve_png
+from dagster_betag.plots import fit_curve_png, loss_curve_png
 from dagster_betag.progress import Progress
 from dagster_betag.shards import RunCounts, ShardedTable, run_resumable
 
@@ -86,10 +88,12 @@ def betag_run(
     shard_size: int,
     log: Log,
     tag_map: TagMap | None = None,
+    titles: Mapping[str, str] | None = None,
     first_group_of: ShardedTable | None = None,
 ) -> RunCounts:
     """BETags of the items in ``base_tags`` not yet in ``table`` for their current base tags
-    (the prompt's input), then published; ``tag_map`` canonicalizes (and may constrain) the beams.
+    (the prompt's input), then published; ``tag_map`` canonicalizes (and may constrain) the beams;
+    ``titles`` go into the prompts of an adapter trained with them (its item writing).
 
     With ``first_group_of`` (the shards of a diverse decode of the same model, already run
     for these items), nothing is decoded: each item's one-beam result is group 0 of its
@@ -100,7 +104,12 @@ def betag_run(
     def produce(item_ids: list[str], advance: Callable[[int], None]) -> pl.DataFrame:
         if first_group_of is None:
             results = generate_betags(
-                llm, [(i, base_tags[i]) for i in item_ids], config, tag_map=tag_map, on_batch=advance
+                llm,
+                [(i, base_tags[i]) for i in item_ids],
+                config,
+                tag_map=tag_map,
+                titles=titles,
+                on_batch=advance,
             )
         else:
             results = [first_group(item, config) for item in _stored_betags(first_group_of, item_ids, versions)]
@@ -158,7 +167,12 @@ class AdapterArtifact:
     folder: Path
     manifest: dict
     loss_png: bytes
+    fit_png: bytes | None = None  # the fit curve, when one was measured
     reused: bool = False  # found already trained under its id
+
+
+# the fit curve's probe decode: cheap, and the same at every epoch so the points compare
+FIT_CURVE_DECODING = BetagConfig(decoding=DiverseBeamConfig(num_groups=4), include_base_tags=False)
 
 
 def finetune_run(
@@ -167,11 +181,15 @@ def finetune_run(
     tags_by_item: Mapping[str, Sequence[str]],
     lora_config: LoraConfig,
     *,
+    targets_by_item: Mapping[str, Sequence[str]],
+    titles: Mapping[str, str] | None,
     adapters_dir: Path,
     data_fingerprint: str,
     log: Log,
 ) -> AdapterArtifact:
     """Train a LoRA adapter and save it with its manifest under ``adapters_dir/<id>/``.
+    ``targets_by_item``: every item's behavior target (``llm/fit.py``), the answers of per-item
+    examples and what the fit curve measures against.
 
     The id hashes the base model, the data and every hyper-parameter, so the same inputs
     land in the same folder; the folder appears whole (written aside, then renamed). An
@@ -183,29 +201,75 @@ def finetune_run(
     if (folder / "manifest.json").is_file():
         log(f"adapter {adapter_id} already trained on these inputs; reusing {folder}")
         manifest = json.loads((folder / "manifest.json").read_text())
-        return AdapterArtifact(adapter_id, folder, manifest, (folder / "loss_curve.png").read_bytes(), reused=True)
+        fit_png = folder / "fit_curve.png"
+        return AdapterArtifact(
+            adapter_id,
+            folder,
+            manifest,
+            (folder / "loss_curve.png").read_bytes(),
+            fit_png.read_bytes() if fit_png.is_file() else None,
+            reused=True,
+        )
     progress = Progress(max(1, len(windows)), "LoRA finetuning", log, unit="step")
 
     def on_step(step: int, total_steps: int, loss: float) -> None:
         progress.set_total(total_steps)
         progress.advance(1)
 
+    probe = None
+    if lora_config.fit_curve_items:
+        probe = _fit_probe(llm, windows, tags_by_item, targets_by_item, titles, lora_config)
     try:
-        result = train_lora(llm, windows, tags_by_item, lora_config, on_step=on_step)
+        result = train_lora(
+            llm, windows, tags_by_item, lora_config,
+            targets_by_item=targets_by_item, titles=titles, on_step=on_step, on_epoch=probe,
+        )  # fmt: skip
     finally:
         progress.close()
         release_freed_memory()
     manifest = _adapter_manifest(adapter_id, llm, data_fingerprint, lora_config, result)
     loss_png = loss_curve_png(result.step_losses, result.validation_loss_before, result.validation_loss_after)
+    fit_png = fit_curve_png(result.epochs, result.best_epoch) if probe else None
     staging = adapters_dir / f".{adapter_id}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     result.model.save_pretrained(staging, safe_serialization=True)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (staging / "loss_curve.png").write_bytes(loss_png)
+    if fit_png:
+        (staging / "fit_curve.png").write_bytes(fit_png)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
     log(f"adapter {adapter_id}: validation loss {result.validation_loss_before:.3f} -> {result.validation_loss_after:.3f}")
-    return AdapterArtifact(adapter_id, folder, manifest, loss_png)
+    return AdapterArtifact(adapter_id, folder, manifest, loss_png, fit_png)
+
+
+def _fit_probe(
+    llm,
+    windows: Sequence[Window],
+    tags_by_item: Mapping[str, Sequence[str]],
+    targets_by_item: Mapping[str, Sequence[str]],
+    titles: Mapping[str, str] | None,
+    config: LoraConfig,
+) -> Callable[[object], dict]:
+    """``train_lora``'s ``on_epoch``: decodes ``config.fit_curve_items`` training items (context
+    items of train examples with a behavior target, chosen by a hash of their id) with
+    ``FIT_CURVE_DECODING`` and measures the in-sample fit and the beams' pairwise Jaccard."""
+    seen = {
+        item for window in windows if not window.is_validation for item in window.context_item_ids
+        if targets_by_item.get(item)
+    }  # fmt: skip
+    probed = sorted(seen, key=lambda item: stable_hash(item))[: config.fit_curve_items]
+    with_title = item_writing_named(config.item_writing).with_title
+
+    def probe(model) -> dict:
+        results = generate_betags(
+            replace(llm, model=model), [(i, tags_by_item[i]) for i in probed], FIT_CURVE_DECODING,
+            titles=titles if with_title else None,
+        )  # fmt: skip
+        fit = measure_fit({r.item_id: r.beam_tags for r in results}, tags_by_item, targets_by_item)
+        return {"in_sample_fit": fit.in_sample_fit, "beam_jaccard": fit.beam_jaccard, "n_fit_items": fit.n_items}
+
+    return probe
 
 
 def _adapter_manifest(
@@ -216,7 +280,8 @@ def _adapter_manifest(
         "base_model": llm.name,
         "base_model_fingerprint": llm.fingerprint,
         "data_fingerprint": data_fingerprint,
-        "behavior_prompt_version": BEHAVIOR_PROMPT_VERSION,
+        "behavior_prompt_version": item_writing_named(lora_config.item_writing).prompt_version,
+        "item_writing": lora_config.item_writing,
         "lora": asdict(lora_config),
         "n_train_examples": result.n_train_examples,
         "n_validation_examples": result.n_validation_examples,
@@ -225,6 +290,8 @@ def _adapter_manifest(
         "validation_loss_before": result.validation_loss_before,
         "validation_loss_after": result.validation_loss_after,
         "step_losses": result.step_losses,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 1),
         "created_at": now_text(),
     }

@@ -34,13 +34,21 @@ from dagster_betag.defs.config import (
     TagVocabularyRunConfig,
     to_dataclass,
 )
-from dagster_betag.defs.metadata import plain_values, run_counts_metadata, tag_quality_metadata
+from dagster_betag.defs.metadata import (
+    epochs_metadata,
+    fit_metadata,
+    plain_values,
+    run_counts_metadata,
+    tag_quality_metadata,
+)
 from dagster_betag.defs.resources import LLMResource, WarehouseResource
 from dagster_betag.hashing import stable_hash
 from dagster_betag.llm.api import ApiTagger
 from dagster_betag.llm.base_tags import BaseTagConfig
 from dagster_betag.llm.betag import BetagConfig, variant_decoding
+from dagster_betag.llm.behavior import item_writing_named
 from dagster_betag.llm.finetune import LoraConfig, Window, WindowConfig, build_windows
+from dagster_betag.llm.fit import measure_fit
 from dagster_betag.llm.pipeline import base_tag_run, betag_run, finetune_run, load_adapter
 from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, DEFAULT_FEW_SHOT, ItemDescription, catalog_few_shot
 from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant, diverse_twin, variant_named
@@ -49,7 +57,9 @@ from dagster_betag.plots import markdown_image
 from dagster_betag.refresh import train_interaction_count
 from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
 from dagster_betag.warehouse import (
+    WarehouseLayout,
     behavior_sessions,
+    item_titles,
     markdown_table,
     natively_tagged_items,
     popular_kcore_items,
@@ -157,7 +167,7 @@ def item_shard_assets(partitions: StaticPartitionsDefinition) -> list[AssetsDefi
         prompts = tag_store.base_tags_to_prompt(layout)
         items = {item_id: prompts[item_id] for item_id in scope if item_id in prompts}
         full = decode_variant(context, warehouse, partitions, FULL_BETAG, config, llm, items)
-        metadata, tagged = full.metadata, full.tagged
+        metadata, tagged = {**full.metadata, **betag_fit_metadata(layout, full, items, config)}, full.tagged
         written = {FULL_BETAG.name: full}
         chosen = {variant_named(name).name for name in config.ablations}  # an unknown name fails in one line
         for variant in (v for v in ABLATIONS if v.name in chosen):
@@ -208,8 +218,11 @@ def decode_variant(
     take each item's group 0 of that decode instead (no model is loaded)."""
     layout = warehouse.layout
     tag_map, vocabulary_build = tag_store.load_tag_map(layout)
+    pointer = tag_store.current_adapter(layout)
+    # the base model's ablations are prompted as the adapter was trained, so they differ by the finetuning only
+    writing = tag_store.adapter_item_writing(tag_store.adapter_manifest(pointer))
+    titles = item_titles(layout.database_path) if writing.with_title else None
     if variant.finetuned:
-        pointer = tag_store.current_adapter(layout)
         if pointer is None:
             raise FileNotFoundError(
                 f"no behavior adapter in {layout.directory}: materialize llm/behavior_adapter "
@@ -231,6 +244,7 @@ def decode_variant(
         llm.identity(),
         betag_config,
         vocabulary_build or "none",
+        prompt_version=writing.prompt_version,
         first_group_of=first_group_of.table if first_group_of else None,
     )
     how = f"group 0 of {first_group_of.table.run_key['variant']}" if first_group_of else "decoded"
@@ -251,6 +265,7 @@ def decode_variant(
             shard_size=config.shard_size,
             log=context.log.info,
             tag_map=tag_map,
+            titles=titles,
             first_group_of=first_group_of.table.for_item_shard(item_shard) if first_group_of else None,
         ),
     )
@@ -258,6 +273,19 @@ def decode_variant(
     tagged = {item_id: [t["tag"] for t in aggregated[item_id]] for item_id in items if item_id in aggregated}
     metadata = {"adapter_id": adapter_id, "from_first_group_of_a_diverse_decode": first_group_of is not None}
     return DecodedVariant(table, {**metadata, **run_counts_metadata(counts)}, tagged)
+
+
+def betag_fit_metadata(
+    layout: WarehouseLayout, decoded: DecodedVariant, items: dict[str, list[str]], config: BetagsRunConfig
+) -> dict:
+    """In-sample fit and input sensitivity of a decode (``llm/fit.py``), against behavior targets
+    as long as the adapter's answers."""
+    manifest = tag_store.adapter_manifest(tag_store.current_adapter(layout))
+    n_target_tags = manifest.get("lora", {}).get("max_answer_tags", LoraConfig.max_answer_tags)
+    beams = tag_store.latest_by_item(decoded.table, "beam_tags")
+    first_generated = 1 if config.include_base_tags else 0  # beam 0 holds the base tags
+    generated = {item_id: beams[item_id][first_generated:] for item_id in items if item_id in beams}
+    return fit_metadata(measure_fit(generated, items, tag_store.behavior_targets(layout, n_target_tags)))
 
 
 @asset(
@@ -317,7 +345,10 @@ def tag_vocabulary(context: AssetExecutionContext, config: TagVocabularyRunConfi
     key=keys.FINETUNE_EXAMPLES,
     deps=[keys.model("marts", "fct_behavior_sessions"), CANONICAL_BASE_TAGS],
     group_name="llm",
-    description="Next-item windows over train-only behavior sessions, items written as their base tags.",
+    description=(
+        "Next-item windows over train-only behavior sessions, items written as their base tags, and/or one "
+        "per-item example per item with train successors (its behavior target as answer)."
+    ),
 )
 def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesRunConfig, warehouse: WarehouseResource):
     layout = warehouse.layout
@@ -327,6 +358,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesRu
         set(tags),
         to_dataclass(config, WindowConfig),
         session_recency(layout.database_path),
+        tag_store.behavior_targets(layout),
     )
     frame = Window.to_frame(windows)
     path = tag_store.write_frame(tag_store.finetune_examples_path(layout), frame)
@@ -335,6 +367,7 @@ def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesRu
             "dagster/row_count": frame.height,
             "n_validation": int(frame["is_validation"].sum()),
             "n_one_item_windows": int((frame["context_item_ids"].list.len() == 1).sum()),
+            "n_per_item_examples": int(frame["is_item_target"].sum()),
             "n_items_with_base_tags": len(tags),
             "path": str(path),
             "preview": MetadataValue.md(markdown_table(frame.columns, frame.head(5).rows())),
@@ -352,15 +385,23 @@ def behavior_adapter(
     context: AssetExecutionContext, config: BehaviorAdapterRunConfig, llm: LLMResource, warehouse: WarehouseResource
 ):
     layout = warehouse.layout
+    lora = to_dataclass(config, LoraConfig)
     tags = tag_store.current_base_tags(layout)
+    targets = tag_store.behavior_targets(layout, lora.max_answer_tags)
+    titles = item_titles(layout.database_path) if item_writing_named(lora.item_writing).with_title else None
     examples = pl.read_parquet(tag_store.finetune_examples_path(layout))
     windows = Window.from_frame(examples)
-    data_fingerprint = stable_hash(examples.hash_rows().sum(), sorted(tags.items()), length=12)
+    data_fingerprint = stable_hash(
+        examples.hash_rows().sum(), sorted(tags.items()), sorted(targets.items()), titles and sorted(titles.items()),
+        length=12,
+    )  # fmt: skip
     artifact = finetune_run(
         llm.load(),
         windows,
         tags,
-        to_dataclass(config, LoraConfig),
+        lora,
+        targets_by_item=targets,
+        titles=titles,
         adapters_dir=settings.adapters_dir(),
         data_fingerprint=data_fingerprint,
         log=context.log.info,
@@ -388,8 +429,12 @@ def behavior_adapter(
                     "train_loss_first_step",
                     "train_loss_last_step",
                     "seconds",
+                    "item_writing",
+                    "best_epoch",
                 )
             },
+            **epochs_metadata(manifest.get("epochs", [])),
             "loss_curve": MetadataValue.md(markdown_image(artifact.loss_png, "loss curve")),
+            **({"fit_curve": MetadataValue.md(markdown_image(artifact.fit_png, "fit curve"))} if artifact.fit_png else {}),
         }
     )
