@@ -416,6 +416,10 @@ def _print_summary(elapsed_s: float) -> None:
         f"{figures['validation_interactions']:,} / test {figures['test_interactions']:,}"
     )
     print(
+        f"  new items (evaluated, never learned from): {figures['new_items']:,}; "
+        f"learnable train interactions: {figures['learnable_train_interactions']:,}"
+    )
+    print(
         f"  behavior sessions: {figures['behavior_sessions']:,} ({figures['session_items']:,} train items); "
         f"native tags: {figures['native_tags']:,} item-tag pairs"
     )
@@ -442,7 +446,13 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _print_results(run_id: str | None, split: str) -> None:
-    from dagster_betag.evaluation.report import ablation_order, betag_comparison, cold_start_comparison, poster_tables
+    from dagster_betag.evaluation.report import (
+        ablation_order,
+        betag_comparison,
+        cold_start_comparison,
+        new_item_comparison,
+        poster_tables,
+    )
     from dagster_betag.evaluation.data import load_results
     from dagster_betag.warehouse import WarehouseLayout
 
@@ -454,6 +464,7 @@ def _print_results(run_id: str | None, split: str) -> None:
     for title, claim in (
         ("BETag vs base and native tags (N@10)", betag_comparison(frame)),
         ("BETag vs count-based propagated tags on cold items (N@10)", cold_start_comparison(frame)),
+        ("BETag vs count-based propagated tags on new items (N@10)", new_item_comparison(frame)),
         ("Ablation order of Table 3 (N@10)", ablation_order(frame)),
     ):
         print(f"{title}: {claim.summary()}\n{claim.table}\n")

@@ -23,6 +23,7 @@ from dagster_betag.defs.checks import (
     betag_ablation_order,
     betag_beats_base_and_native,
     betag_beats_propagated_on_cold,
+    betag_beats_propagated_on_new,
     llm_tag_documents_not_empty,
 )
 from dagster_betag.defs.jobs import behavior_refresh, betag_pipeline, catalog_refresh, warehouse_build
@@ -52,6 +53,7 @@ def build_definitions() -> Definitions:
         asset_checks=[
             betag_beats_base_and_native,
             betag_beats_propagated_on_cold,
+            betag_beats_propagated_on_new,
             betag_ablation_order,
             llm_tag_documents_not_empty,
         ],

@@ -103,9 +103,11 @@ def describe_table(connection: duckdb.DuckDBPyConnection, relation: str, n_previ
 SUMMARY_QUERIES: dict[str, str] = {
     "catalog_items": "select count(*) from marts.dim_items",
     "kcore_items": "select count(*) from marts.dim_items where is_in_kcore",
+    "new_items": "select count(*) from marts.dim_items where is_new_item",
     "kcore_users": "select count(*) from marts.fct_user_sequences",
     "kcore_interactions": "select count(*) from marts.fct_interactions",
     "train_interactions": "select count(*) from marts.fct_interactions where split = 'train'",
+    "learnable_train_interactions": "select count(*) from marts.fct_interactions where is_learnable",
     "validation_interactions": "select count(*) from marts.fct_interactions where split = 'validation'",
     "test_interactions": "select count(*) from marts.fct_interactions where split = 'test'",
     "behavior_sessions": "select count(*) from marts.fct_behavior_sessions",

@@ -1,12 +1,13 @@
 """A small MovieLens-layout dataset with known defects, and plain-Python references.
 
 The references recompute, independently of SQL, what the warehouse must contain: the
-iterated k-core, the leave-one-out split and the behavior sessions.
+iterated k-core, the leave-one-out split, the new items and the behavior sessions.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -152,12 +153,21 @@ def reference_split(events: list[Event]) -> dict[str, tuple[int, str]]:
     return result
 
 
-def reference_sessions(events: list[Event], gap_minutes: int, max_items: int, min_items: int) -> list[list[str]]:
-    """Item lists of the train sessions: a gap over gap_minutes opens a new session."""
+def reference_new_items(item_ids: set[str], share: float) -> set[str]:
+    """The items the new-item protocol treats as new: int(md5 hex prefix, 16) / 2^32 < share."""
+    return {item_id for item_id in item_ids if int(hashlib.md5(item_id.encode()).hexdigest()[:8], 16) / 2**32 < share}
+
+
+def reference_sessions(
+    events: list[Event], gap_minutes: int, max_items: int, min_items: int, new_item_share: float
+) -> list[list[str]]:
+    """Item lists of the learnable train sessions (no new item): a gap over gap_minutes
+    opens a new session."""
     split = reference_split(events)
+    new_items = reference_new_items({event.item_id for event in events}, new_item_share)
     by_user: dict[str, list[Event]] = defaultdict(list)
     for event in events:
-        if split[event.event_id][1] == "train":
+        if split[event.event_id][1] == "train" and event.item_id not in new_items:
             by_user[event.user_id].append(event)
     sessions: list[list[str]] = []
     for user_events in by_user.values():

@@ -349,7 +349,8 @@ def warehouse_reference(dataset: DefectiveDataset, landing: Path) -> WarehouseRe
         DBT_VARS["kcore_min_item_interactions"],
     )
     sessions = reference_sessions(
-        kcore, DBT_VARS["session_gap_minutes"], DBT_VARS["session_max_items"], DBT_VARS["session_min_items"]
+        kcore, DBT_VARS["session_gap_minutes"], DBT_VARS["session_max_items"], DBT_VARS["session_min_items"],
+        DBT_VARS["new_item_share"],
     )
     normalized = Counter((v.key[0], normalized_tag(v.key[1])) for v in tags if v.reason is None)
     return WarehouseReference(

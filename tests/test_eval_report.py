@@ -15,6 +15,7 @@ from dagster_betag.evaluation.report import (
     ablation_order,
     betag_comparison,
     cold_start_comparison,
+    new_item_comparison,
     metric_value,
     poster_tables,
 )
@@ -117,6 +118,15 @@ def test_a_claim_without_its_inputs_is_not_measured_never_failed():
     # the rows are all users': none is in the cold bucket
     cold = cold_start_comparison(results(cells({"betag": 0.3, "propagated": 0.2})))
     assert cold.summary() == "not measured (no cold bucket: no test user's target is a cold item)"
+
+
+def test_the_new_item_claim_reads_the_new_bucket_only():
+    frame = results(cells({"betag": 0.3, "propagated": 0.2}))
+    assert new_item_comparison(frame).summary() == "not measured (no new bucket: no test user's target is a new item)"
+    on_new = frame.with_columns(bucket=pl.lit("new"))
+    assert new_item_comparison(on_new).verdict is Verdict.HOLDS
+    behind = results(cells({"betag": 0.2, "propagated": 0.3})).with_columns(bucket=pl.lit("new"))
+    assert new_item_comparison(behind).verdict is Verdict.DOES_NOT_HOLD
 
 
 def poster_frame(per_source: dict[str, float], std_error: float) -> pl.DataFrame:

@@ -109,8 +109,9 @@ def write_fake_llm_shards(landing: Path, item_ids: list[str]) -> None:
     vocabulary.write_parquet(landing / "tag_vocabulary" / "tag_vocabulary.parquet")
 
 
-def dbt_build(project_dir: Path, warehouse: Path, root: Path) -> None:
-    """``dbt build`` of ``project_dir`` into ``warehouse``, in this process, evaluation outputs left out."""
+def dbt_build(project_dir: Path, warehouse: Path, root: Path, dbt_vars: dict | None = None) -> None:
+    """``dbt build`` of ``project_dir`` into ``warehouse``, in this process, evaluation outputs
+    left out; ``dbt_vars`` override the project's vars."""
     from dbt.adapters.duckdb.connections import DuckDBConnectionManager
     from dbt.cli.main import dbtRunner
 
@@ -119,6 +120,7 @@ def dbt_build(project_dir: Path, warehouse: Path, root: Path) -> None:
         "--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
         "--target-path", str(root / "dbt-target"), "--log-path", str(root / "dbt-logs"),
         "--log-level", "none", "--log-level-file", "info",
+        *(("--vars", json.dumps(dbt_vars)) if dbt_vars else ()),
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(settings.WAREHOUSE_ENV, str(warehouse))

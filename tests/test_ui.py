@@ -276,6 +276,7 @@ def test_ui_lists_every_asset_check_job_schedule_and_sensor(ui, defs):
         ("llm/betags", "betag_beats_base_and_native"),
         ("llm/betags", "betag_ablation_order"),
         ("llm/betags", "betag_beats_propagated_on_cold"),
+        ("llm/betags", "betag_beats_propagated_on_new"),
         ("marts/item_tag_documents", "llm_tag_documents_not_empty"),
         # dbt tests: a singular test and a generic one
         ("marts/fct_behavior_sessions", "assert_no_eval_targets_in_training_sessions"),

@@ -2,7 +2,7 @@
 
 The BETag checks read the latest run's rows of ``marts.eval_results``; they WARN rather than
 fail, so a run whose tags lose still lands its tables and its numbers. A claim the run could
-not test (no ablations decoded, no cold bucket) says "not measured (...)", not that it failed.
+not test (no ablations decoded, no cold or new bucket) says "not measured (...)", not that it failed.
 """
 
 from collections.abc import Callable
@@ -13,7 +13,14 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 from dagster_betag.defs import keys
 from dagster_betag.defs.resources import WarehouseResource
 from dagster_betag.evaluation.data import EvaluationInputError, load_results
-from dagster_betag.evaluation.report import ClaimResult, Verdict, ablation_order, betag_comparison, cold_start_comparison
+from dagster_betag.evaluation.report import (
+    ClaimResult,
+    Verdict,
+    ablation_order,
+    betag_comparison,
+    cold_start_comparison,
+    new_item_comparison,
+)
 from dagster_betag.evaluation.tag_sources import llm_tag_source_names
 from dagster_betag.warehouse import connect_readonly, fetch_rows, markdown_table
 
@@ -64,6 +71,14 @@ betag_beats_propagated_on_cold = claim_check(
     "tags for BM25 and BiRank, user- and item-based (test, full ranking).",
     cold_start_comparison,
     "BETag at least as good as count-based propagation on cold items",
+)
+betag_beats_propagated_on_new = claim_check(
+    "betag_beats_propagated_on_new",
+    "On users whose target is a new item (nothing learned from its behavior; its propagated tags are its own "
+    "base tags), BETag N@10 >= the count-based propagated tags for BM25 and BiRank, user- and item-based "
+    "(test, full ranking).",
+    new_item_comparison,
+    "BETag at least as good as count-based propagation on new items",
 )
 betag_ablation_order = claim_check(
     "betag_ablation_order",

@@ -15,11 +15,12 @@ from dagster_betag.defs.checks import (
     betag_ablation_order,
     betag_beats_base_and_native,
     betag_beats_propagated_on_cold,
+    betag_beats_propagated_on_new,
 )
 
 # they judge the latest evaluation, which a refresh does not redo
 EVALUATION_CLAIMS = AssetSelection.checks(
-    betag_beats_base_and_native, betag_beats_propagated_on_cold, betag_ablation_order
+    betag_beats_base_and_native, betag_beats_propagated_on_cold, betag_beats_propagated_on_new, betag_ablation_order
 )
 
 

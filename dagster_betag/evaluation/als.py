@@ -35,11 +35,11 @@ class ALSConfig:
 
 
 def interaction_matrix(data: EvalData, split: str | None) -> sparse.csr_matrix:
-    """(n_users, n_items) binary: the train sequences (``split`` None) or each user's
-    ``split`` history."""
+    """(n_users, n_items) binary: the learnable train sequences (``split`` None: what ALS
+    trains on, no new item) or each user's ``split`` history."""
     rows, columns = [], []
     for user_index, user in enumerate(data.users):
-        items = data.indices(user.train if split is None else user.history(split))
+        items = data.indices(data.learnable_train(user) if split is None else user.history(split))
         rows.append(np.full(len(items), user_index))
         columns.append(items)
     row, column = np.concatenate(rows), np.concatenate(columns)

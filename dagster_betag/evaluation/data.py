@@ -47,10 +47,15 @@ class UserSequence:
 
 @dataclass(frozen=True)
 class EvalData:
-    """The catalog (``item_ids``, position = item index) and the users to evaluate."""
+    """The catalog (``item_ids``, position = item index) and the users to evaluate.
+
+    ``new_item_ids``: the catalog items the new-item protocol treats as new
+    (``marts.dim_items.is_new_item``). They stay in the users' histories and targets, but
+    nothing learns from them: see ``learnable_train``."""
 
     item_ids: tuple[str, ...]
     users: tuple[UserSequence, ...]
+    new_item_ids: frozenset[str] = frozenset()
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,9 +68,19 @@ class EvalData:
     def indices(self, item_ids: Collection[str]) -> np.ndarray:
         return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
 
+    def is_new(self) -> np.ndarray:
+        """(n_items,) bool: whether each item is new."""
+        return np.array([item_id in self.new_item_ids for item_id in self.item_ids], dtype=bool)
+
+    def learnable_train(self, user: UserSequence) -> tuple[str, ...]:
+        """``user.train`` without the new items: what a method may learn from (recommender
+        training sequences, popularity), while ``user.history`` keeps them for scoring."""
+        return tuple(item for item in user.train if item not in self.new_item_ids)
+
     def train_popularity(self) -> np.ndarray:
-        """(n_items,) number of train interactions of each item (validation and test excluded)."""
-        counts = Counter(item for user in self.users for item in user.train)
+        """(n_items,) number of learnable train interactions of each item (validation and test
+        excluded; 0 for a new item), as marts.fct_item_popularity.n_learnable_train_interactions."""
+        counts = Counter(item for user in self.users for item in self.learnable_train(user))
         return np.array([counts.get(item_id, 0) for item_id in self.item_ids], dtype=np.float64)
 
     def restrict_to(self, item_ids: Collection[str]) -> EvalData:
@@ -79,7 +94,7 @@ class EvalData:
             train = tuple(i for i in user.train if i in keep)
             if train and user.validation in keep and user.test in keep:
                 users.append(UserSequence(user.user_id, train, user.validation, user.test))
-        return EvalData(catalog, tuple(users))
+        return EvalData(catalog, tuple(users), self.new_item_ids & keep)
 
 
 @dataclass(frozen=True)
@@ -92,16 +107,19 @@ class ItemBeams:
 
 
 def load_eval_data(database_path: Path) -> EvalData:
-    """The k-core catalog and every user's leave-one-out sequence from the marts."""
+    """The k-core catalog (new items flagged) and every user's leave-one-out sequence from the marts."""
     with connect_readonly(database_path) as connection:
-        _, items = fetch_rows(connection, "select item_id from marts.dim_items where is_in_kcore order by item_id")
+        _, items = fetch_rows(
+            connection, "select item_id, is_new_item from marts.dim_items where is_in_kcore order by item_id"
+        )
         _, rows = fetch_rows(
             connection,
             "select user_id, train_item_ids, validation_item_id, test_item_id from marts.fct_user_sequences "
             "where validation_item_id is not null and test_item_id is not null order by user_id",
         )
     users = tuple(UserSequence(user_id, tuple(train), validation, test) for user_id, train, validation, test in rows)
-    return EvalData(tuple(item_id for (item_id,) in items), users)
+    new_item_ids = frozenset(item_id for item_id, is_new_item in items if is_new_item)
+    return EvalData(tuple(item_id for item_id, _ in items), users, new_item_ids)
 
 
 def load_tag_documents(database_path: Path, tag_source: str) -> dict[str, list[str]]:

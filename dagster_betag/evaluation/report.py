@@ -18,7 +18,7 @@ import polars as pl
 
 from dagster_betag.evaluation.recommenders import RECOMMENDERS
 from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS, baseline_method_names, tag_method_names
-from dagster_betag.evaluation.runner import ALL_USERS, NO_TAGS, Evaluation, EvaluationConfig
+from dagster_betag.evaluation.runner import ALL_USERS, NEW_ITEMS, NO_TAGS, Evaluation, EvaluationConfig
 from dagster_betag.evaluation.tag_sources import in_display_order
 from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, VARIANTS, BetagVariant
 from dagster_betag.plots import curves_png, grouped_bars_png
@@ -298,6 +298,13 @@ def cold_start_comparison(frame: pl.DataFrame) -> ClaimResult:
     """BETag against the count-based reference where behavior is scarce: users whose target is
     among the least popular items (the ``cold`` bucket), test split, full ranking."""
     return betag_comparison(frame, rivals=("propagated",), bucket="cold")
+
+
+def new_item_comparison(frame: pl.DataFrame) -> ClaimResult:
+    """BETag against the count-based reference where there is no behavior at all: users whose
+    target is a new item (the ``new`` bucket; the reference holds only the item's own base
+    tags there), test split, full ranking."""
+    return betag_comparison(frame, rivals=("propagated",), bucket=NEW_ITEMS)
 
 
 def ablation_order(frame: pl.DataFrame) -> ClaimResult:

@@ -44,18 +44,20 @@ Log = Callable[[str], None]
 
 NO_TAGS = "none"  # the tag_source of tag-free methods (popular, SASRec)
 ALL_USERS = "all"
-BUCKETS = ("cold", "mid", "head")
+NEW_ITEMS = "new"  # the bucket of the new items (new-item protocol)
+BUCKETS = ("cold", "mid", "head", NEW_ITEMS)
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     """What one run measures.
 
-    ``head_share`` / ``cold_share``: the most / least popular shares of the catalog by train
-    interactions that define the target-popularity buckets (the rest is mid); the bucket rows
-    show where tags help items with little behavior. ``restrict_to_llm_tagged``: evaluate over
-    the items that were base-tagged and, when there are BETags, have them (a quick run tags only
-    the most popular ones), so every tag source is compared on the same catalog and users."""
+    ``head_share`` / ``cold_share``: the most / least popular shares of the catalog's non-new
+    items by learnable train interactions that define the target-popularity buckets (the rest
+    is mid; new items are the bucket ``new``); the bucket rows show where tags help items with
+    little or no behavior. ``restrict_to_llm_tagged``: evaluate over the items that were
+    base-tagged and, when there are BETags, have them (a quick run tags only the most popular
+    ones), so every tag source is compared on the same catalog and users."""
 
     splits: tuple[str, ...] = knob(("validation", "test"), "Splits to rank (leave-one-out).")
     settings: tuple[str, ...] = knob(
@@ -65,8 +67,8 @@ class EvaluationConfig:
     retrieval_methods: tuple[str, ...] = knob(
         tag_method_names(), "Tag-based retrieval methods run on every tag source (Popular always runs)."
     )
-    head_share: float = knob(0.1, "The most popular share of the catalog (train interactions): the head bucket.")
-    cold_share: float = knob(0.5, "The least popular share of the catalog: the cold bucket.")
+    head_share: float = knob(0.1, "The most popular share of the non-new items (learnable train interactions): head.")
+    cold_share: float = knob(0.5, "The least popular share of the non-new items: the cold bucket.")
     beam_counts: tuple[int, ...] = knob(
         (1, 2, 4, 8, 16, 32, 40), "Fig. 2a: BETags from the first k beams, for those k up to the decoded number."
     )
@@ -110,15 +112,19 @@ class ResultRow:
 
 
 def popularity_buckets(data: EvalData, head_share: float, cold_share: float) -> np.ndarray:
-    """(n_items,) bucket name of each item: ``head`` for the ``head_share`` most popular items
-    by train interactions, ``cold`` for the ``cold_share`` least popular, else ``mid``
-    (ties by catalog order, so the buckets partition the catalog exactly)."""
-    order = np.argsort(-data.train_popularity(), kind="stable")  # most popular first
+    """(n_items,) bucket name of each item: ``new`` for the new items; of the m others,
+    ``head`` for the round(``head_share`` m) most popular by learnable train interactions,
+    ``cold`` for the round(``cold_share`` m) least popular, else ``mid`` (ties by catalog
+    order, so the buckets partition the catalog exactly)."""
+    is_new = data.is_new()
+    learnable = np.flatnonzero(~is_new)  # (m,) item indices
+    order = learnable[np.argsort(-data.train_popularity()[learnable], kind="stable")]  # most popular first
     buckets = np.full(data.n_items, "mid", dtype=object)
-    n_head = int(round(head_share * data.n_items))
-    n_cold = int(round(cold_share * data.n_items))
+    buckets[is_new] = NEW_ITEMS
+    n_head = int(round(head_share * len(learnable)))
+    n_cold = int(round(cold_share * len(learnable)))
     buckets[order[:n_head]] = "head"
-    buckets[order[data.n_items - n_cold :]] = "cold"
+    buckets[order[len(learnable) - n_cold :]] = "cold"
     return buckets
 
 
@@ -296,7 +302,7 @@ def evaluate_recommenders(
 ) -> list[ResultRow]:
     """Each recommender, once per seed, ranked on the test split in every setting and
     protocol (the sampled candidates are those of the retrieval rows)."""
-    if not any(len(user.train) >= 2 for user in data.users):
+    if not any(len(data.learnable_train(user)) >= 2 for user in data.users):
         log("recommenders skipped: no user has two train items in the evaluation catalog to learn from")
         return []
     buckets = popularity_buckets(data, config.head_share, config.cold_share)

@@ -256,14 +256,15 @@ def xavier_init(module: nn.Module) -> None:
 
 
 def training_windows(data: EvalData, max_length: int, all_windows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs and next-item targets from the train sequences (item rows, 0 = padding).
+    """Inputs and next-item targets from the learnable train sequences (item rows, 0 =
+    padding; new items dropped, ``EvalData.learnable_train``).
 
     A train sequence x_1..x_n gives the pairs (x_t, x_{t+1}); they are cut from the end
     into windows of ``max_length`` pairs (only the last window unless ``all_windows``),
     left-padded. Returns inputs (W, L), targets (W, L), and each window's user (W,)."""
     inputs, targets, owners = [], [], []
     for user_index, user in enumerate(data.users):
-        rows = data.indices(user.train) + 1
+        rows = data.indices(data.learnable_train(user)) + 1
         for end in range(len(rows), 1, -max_length):
             start = max(end - max_length - 1, 0)
             window = rows[start:end]
@@ -315,7 +316,7 @@ def train(model: SequentialRecommender, data: EvalData, config: SASRecConfig, lo
     bf16 = use_bf16(config, device)
     rng = np.random.default_rng(config.seed)
     inputs, targets, owners = training_windows(data, config.max_length, config.train_windows == "all")
-    user_items = [data.indices(user.train) + 1 for user in data.users] if config.loss == "bce" else []
+    user_items = [data.indices(data.learnable_train(user)) + 1 for user in data.users] if config.loss == "bce" else []
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
     best_ndcg, best_epoch, best_state, epoch = -1.0, 0, None, 0
     started = time.perf_counter()

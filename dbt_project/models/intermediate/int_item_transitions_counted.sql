@@ -1,13 +1,13 @@
--- How often each item is directly followed by another in users' train sequences
--- (validation and test interactions never enter), with the successors ranked.
+-- How often each item is directly followed by another in users' learnable train sequences
+-- (validation and test interactions and new items never enter), with the successors
+-- ranked. Two learnable interactions around a removed new item's are a transition.
 
 with
 
 train as (
 
     select user_id, item_id, position
-    from {{ ref('int_interactions_split') }}
-    where split = 'train'
+    from {{ ref('int_learnable_train_interactions') }}
 
 ),
 

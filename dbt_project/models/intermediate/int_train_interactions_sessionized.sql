@@ -1,5 +1,7 @@
--- Behavior sessions over the train part only (validation and test targets never enter):
--- lag -> gap -> running sum -> session id. A gap longer than session_gap_minutes starts
+-- Behavior sessions over the learnable train interactions only (validation and test
+-- targets and new items never enter): lag -> gap -> running sum -> session id. The gap is
+-- measured between learnable neighbours, so a removed new item's interaction does not
+-- split a session. A gap longer than session_gap_minutes starts
 -- a new session; a session longer than session_max_items is cut into consecutive chunks
 -- so no behavior is lost to a cap.
 
@@ -7,8 +9,7 @@ with
 
 train as (
 
-    select * from {{ ref('int_interactions_split') }}
-    where split = 'train'
+    select * from {{ ref('int_learnable_train_interactions') }}
 
 ),
 

@@ -1,5 +1,6 @@
 -- The item catalog: the structured description that tagging prompts are built from.
--- Every valid item is here, including items with no behavior (cold start).
+-- Every valid item is here, including items with no behavior (cold start), each flagged
+-- new or not (new-item protocol, int_kcore_items_flagged_new).
 
 with
 
@@ -56,6 +57,12 @@ popularity as (
 
 ),
 
+new_items as (
+
+    select item_id, is_new_item from {{ ref('int_kcore_items_flagged_new') }}
+
+),
+
 first_seen as (
 
     select * from {{ ref('int_items_first_seen') }}
@@ -79,6 +86,7 @@ final as (
         coalesce(native_tags.n_native_tags, 0) as n_native_tags,
         popularity.n_train_interactions,
         popularity.is_in_kcore,
+        coalesce(new_items.is_new_item, false) as is_new_item,
         first_seen.first_seen_at,
         first_seen.first_seen_at > first_load.first_load_at as is_added_after_first_load
     from items
@@ -87,6 +95,7 @@ final as (
     left join attribute_maps on items.item_id = attribute_maps.item_id
     left join native_tags on items.item_id = native_tags.item_id
     left join popularity on items.item_id = popularity.item_id
+    left join new_items on items.item_id = new_items.item_id
 
 )
 

@@ -1,5 +1,6 @@
--- One row per behavior session of train interactions, the items in order: the input of
--- behavior-enhanced finetuning. Sessions shorter than session_min_items are left out.
+-- One row per behavior session of learnable train interactions (no new item), the items
+-- in order: the input of behavior-enhanced finetuning. Sessions shorter than
+-- session_min_items are left out.
 
 with
 
