@@ -3,7 +3,8 @@
 They are written once, as the ``betag_tag_sources`` var of dbt_project.yml: dbt builds the
 documents from it (one model per source, looped over by item_tag_documents), and this module
 reads the same list, so Python's names, order and LLM flags cannot drift from the SQL's.
-A new tag source is one dbt model of (item_id, tags) plus one line of that list.
+A new tag source is one dbt model of (item_id, tags) plus one line of that list. The pairs
+of sources compared user by user (``betag_paired_comparisons``) are read from the same file.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ EVAL_USER_METRICS_FOLDER = "eval_user_metrics"
     description=(
         f"H@10 / N@10 of every tag source ({', '.join(tag_source_names())}) under "
         f"{' and '.join(RETRIEVAL_METHODS[name].label for name in tag_method_names())} retrieval, "
-        "user- and item-based, full ranking and sampled; one results shard per run."
+        "user- and item-based, full ranking and sampled; one results shard and one per-user shard per run."
     ),
 )
 def eval_results(
