@@ -453,19 +453,19 @@ def _print_results(run_id: str | None, split: str) -> None:
         new_item_comparison,
         poster_tables,
     )
-    from dagster_betag.evaluation.data import load_results
+    from dagster_betag.evaluation.data import load_run
     from dagster_betag.warehouse import WarehouseLayout
 
     layout = WarehouseLayout(settings.warehouse_dir())
-    frame = load_results(layout.database_path, run_id)
-    first = frame.row(0, named=True)
+    run = load_run(layout.database_path, run_id)
+    first = run.results.row(0, named=True)
     print(f"\nEvaluation run {first['run_id']} on {first['dataset']} ({first['created_at']}, {first['n_items']} items)\n")
-    print(poster_tables(frame, split=split))
+    print(poster_tables(run.results, split=split))
     for title, claim in (
-        ("BETag vs base and native tags (N@10)", betag_comparison(frame)),
-        ("BETag vs count-based propagated tags on cold items (N@10)", cold_start_comparison(frame)),
-        ("BETag vs count-based propagated tags on new items (N@10)", new_item_comparison(frame)),
-        ("Ablation order of Table 3 (N@10)", ablation_order(frame)),
+        ("BETag vs base and native tags (N@10)", betag_comparison(run)),
+        ("BETag vs count-based propagated tags on cold items (N@10)", cold_start_comparison(run)),
+        ("BETag vs base and count-based propagated tags on new items (N@10)", new_item_comparison(run)),
+        ("Ablation order of Table 3 (N@10)", ablation_order(run)),
     ):
         print(f"{title}: {claim.summary()}\n{claim.table}\n")
     charts = layout.directory / "reports" / first["run_id"]

@@ -10,14 +10,16 @@ from collections import Counter
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import LLMResource
-from dagster_betag.evaluation.tag_sources import tag_source_names
+from dagster_betag.evaluation.tag_sources import registered_paired_comparisons, tag_source_names
 from dagster_betag.hashing import stable_hash
-from dagster_betag.warehouse import natively_tagged_items
+from dagster_betag.warehouse import fetch_rows, natively_tagged_items
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
 from tests.synthetic import (
     reference_kcore,
@@ -374,3 +376,54 @@ def test_betags_are_prompted_with_the_base_tags_the_marts_show(built):
     # and the tag vocabulary was built from the current generations dbt shows
     raw = dict(query(connection, "select item_id, tags from intermediate.int_base_tag_generations_current"))
     assert set(dict(query(connection, "select item_id, 1 from marts.item_base_tags"))) <= set(raw)
+
+
+def table(connection, relation: str) -> pl.DataFrame:
+    columns, rows = fetch_rows(connection, f"select * from {relation}")
+    return pl.DataFrame(rows, schema=columns, orient="row", infer_schema_length=None)
+
+
+def test_per_user_rows_average_to_the_results_and_pair_as_numpy_does(built):
+    _, result, connection = built
+    users = table(connection, "staging.stg_eval_user_metrics")
+    metadata = result.asset_materializations_for_node("evaluation__eval_results")[0].metadata
+    assert metadata["n_user_metric_rows"].value == users.height
+    assert metadata["n_test_users"].value == users.filter(pl.col("split") == "test")["user_id"].n_unique()
+    # every eval_results row is the mean of its per-user rows (all of them, or its bucket's)
+    results = table(connection, "marts.eval_results")
+    keys = ["run_id", "split", "protocol", "setting", "method", "tag_source", "seed"]
+    by_bucket = pl.concat([users, users.with_columns(pl.lit("all").alias("bucket"))])
+    means = by_bucket.group_by([*keys, "bucket"]).agg(
+        pl.col("hit_at_10").mean().alias("H@10"), pl.col("ndcg_at_10").mean().alias("N@10"), pl.len().alias("count")
+    )
+    means = means.unpivot(["H@10", "N@10"], index=[*keys, "bucket", "count"], variable_name="metric", value_name="mean")
+    joined = results.join(means, on=[*keys, "bucket", "metric"], how="left")
+    assert joined["mean"].null_count() == 0 and results.height == means.height
+    assert np.allclose(joined["value"], joined["mean"]) and (joined["n_users"] == joined["count"]).all()
+    # the paired differences, recomputed with numpy from the same per-user rows
+    paired = table(connection, "marts.eval_paired_differences")
+    expected = 0
+    for comparison in registered_paired_comparisons():
+        a = by_bucket.filter(pl.col("tag_source") == comparison.a).drop("tag_source")
+        b = by_bucket.filter(pl.col("tag_source") == comparison.b).drop("tag_source")
+        both = a.join(b, on=[*(k for k in keys if k != "tag_source"), "bucket", "user_id"], suffix="_b")
+        for group, rows in both.group_by([*(k for k in keys if k != "tag_source"), "bucket"]):
+            run_id, split, protocol, setting, method, seed, bucket = group
+            for metric, column in (("H@10", "hit_at_10"), ("N@10", "ndcg_at_10")):
+                d = rows[column].to_numpy() - rows[f"{column}_b"].to_numpy()
+                row = paired.filter(
+                    (pl.col("run_id") == run_id) & (pl.col("split") == split) & (pl.col("protocol") == protocol)
+                    & (pl.col("setting") == setting) & (pl.col("method") == method) & (pl.col("seed") == seed)
+                    & (pl.col("bucket") == bucket) & (pl.col("metric") == metric)
+                    & (pl.col("tag_source_a") == comparison.a) & (pl.col("tag_source_b") == comparison.b)
+                )  # fmt: skip
+                assert row.height == 1
+                assert row["mean_difference"][0] == pytest.approx(d.mean())
+                if d.size > 1:
+                    assert row["std_error"][0] == pytest.approx(d.std(ddof=1) / np.sqrt(d.size))
+                assert (row["n_users"][0], row["n_a_better"][0], row["n_b_better"][0]) == (
+                    d.size, int((d > 0).sum()), int((d < 0).sum())
+                )
+                expected += 1
+    assert expected == paired.height > 0
+    assert {"unisrec", "bm25", "birank"} <= set(paired["method"])

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dagster_betag.evaluation.als import interaction_matrix
 from dagster_betag.evaluation.bm25 import SparseBM25
 from dagster_betag.evaluation.data import EvalData, UserSequence
 from dagster_betag.evaluation.retrieval import (
@@ -18,6 +19,7 @@ from dagster_betag.evaluation.retrieval import (
     tie_broken_keys,
 )
 from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS
+from dagster_betag.evaluation.sasrec import history_batch
 from dagster_betag.evaluation.tokenize import TermIndex, tokenize
 
 DOCUMENTS = {
@@ -194,3 +196,38 @@ def test_vectorized_ranks_match_a_per_user_loop(seed, setting):
             result = rank_targets(data, documents, method, setting, "test", protocol, config, candidate_sets)
             expected = _reference_ranks(data, documents, method, setting, "test", config, candidate_sets)
             assert result.ranks.tolist() == expected.tolist(), (method, protocol)
+
+
+def test_a_sub_catalog_evaluates_each_split_whose_target_lies_inside():
+    full = EvalData(
+        item_ids=("a", "b", "c", "d", "e", "f"),
+        users=(
+            UserSequence("both", ("a", "e"), "b", "c"),
+            UserSequence("test_only", ("a", "b"), "e", "c"),  # its test history loses the validation item e
+            UserSequence("validation_only", ("b", "c"), "d", "f"),
+            UserSequence("no_train", ("e",), "a", "b"),  # validation has nothing before it; test has a
+            UserSequence("trains_only", ("a", "c"), "e", "f"),
+            UserSequence("outside", ("e", "f"), "e", "f"),
+        ),
+    )
+    data = full.restrict_to(["a", "b", "c", "d"])
+    assert data.item_ids == ("a", "b", "c", "d")
+    # the old protocol kept only users with both targets inside: "both"
+    assert [u.user_id for u in data.split_users("validation")] == ["both", "validation_only"]
+    assert [u.user_id for u in data.split_users("test")] == ["both", "test_only", "no_train"]
+    assert {u.user_id: u.history("test") for u in data.split_users("test")} == {
+        "both": ("a", "b"), "test_only": ("a", "b"), "no_train": ("a",)
+    }  # fmt: skip
+    # every user with an item inside trains the recommenders and counts in train popularity
+    assert [u.user_id for u in data.users] == ["both", "test_only", "validation_only", "no_train", "trains_only"]
+    assert data.train_popularity().tolist() == [3, 2, 2, 0]
+    # every consumer of a split sees that split's users
+    for split, n_users in (("validation", 2), ("test", 3)):
+        candidate_sets = sample_candidate_sets(data, split, RetrievalConfig(n_negatives=2))
+        result = rank_targets(data, DOCUMENTS, "bm25", "user", split, "sampled", candidate_sets=candidate_sets)
+        assert len(candidate_sets) == result.n_users == n_users
+        assert history_batch(data, split, max_length=4).shape == (n_users, 4)
+        assert interaction_matrix(data, split).shape == (n_users, 4)
+    assert interaction_matrix(data, None).shape == (5, 4)
+    with pytest.raises(ValueError, match="unknown split"):
+        data.split_users("train")

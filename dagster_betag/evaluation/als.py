@@ -35,15 +35,17 @@ class ALSConfig:
 
 
 def interaction_matrix(data: EvalData, split: str | None) -> sparse.csr_matrix:
-    """(n_users, n_items) binary: the learnable train sequences (``split`` None: what ALS
-    trains on, no new item) or each user's ``split`` history."""
+    """(n_users, n_items) binary: every user's learnable train sequence (``split`` None: what
+    ALS trains on, no new item) or the ``split`` history of each user that split ranks
+    (``data.split_users``)."""
+    users = data.users if split is None else data.split_users(split)
     rows, columns = [], []
-    for user_index, user in enumerate(data.users):
+    for user_index, user in enumerate(users):
         items = data.indices(data.learnable_train(user) if split is None else user.history(split))
         rows.append(np.full(len(items), user_index))
         columns.append(items)
     row, column = np.concatenate(rows), np.concatenate(columns)
-    matrix = sparse.csr_matrix((np.ones(len(row), dtype=np.float32), (row, column)), shape=(len(data.users), data.n_items))
+    matrix = sparse.csr_matrix((np.ones(len(row), dtype=np.float32), (row, column)), shape=(len(users), data.n_items))
     matrix.sum_duplicates()
     matrix.data[:] = 1.0  # a repeated interaction counts once
     return matrix
@@ -83,11 +85,12 @@ class ALSRecommender:
     def rank_split(self, data: EvalData, split: str, candidates: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """(n_users,) 1-indexed ranks of the ``split`` targets, history masked, among all
         items or the user's ``candidates`` (as ``sasrec.rank_split``)."""
-        if candidates is not None and len(candidates) != len(data.users):
-            raise ValueError(f"{len(candidates)} candidate sets for {len(data.users)} users")
+        users = data.split_users(split)
+        if candidates is not None and len(candidates) != len(users):
+            raise ValueError(f"{len(candidates)} candidate sets for {len(users)} users")
         histories = interaction_matrix(data, split)
         with _single_threaded_blas():
-            user_factors = self.model.recalculate_user(np.arange(len(data.users)), histories)  # (n_users, F)
+            user_factors = self.model.recalculate_user(np.arange(len(users)), histories)  # (n_users, F)
         scores = user_factors @ np.asarray(self.model.item_factors).T  # (n_users, n_items)
         return np.array(
             [
@@ -97,7 +100,7 @@ class ALSRecommender:
                     masked=histories.indices[histories.indptr[row] : histories.indptr[row + 1]],
                     candidates=None if candidates is None else candidates[row],
                 )
-                for row, user in enumerate(data.users)
+                for row, user in enumerate(users)
             ],
             dtype=np.int64,
         )

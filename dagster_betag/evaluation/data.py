@@ -25,29 +25,37 @@ class EvaluationInputError(ValueError):
 @dataclass(frozen=True)
 class UserSequence:
     """One user's items in time order: ``train`` (all but the last two), then the
-    validation target, then the test target."""
+    validation target, then the test target. In a sub-catalog (``EvalData.restrict_to``) a
+    target outside it is None: that split does not evaluate the user, and the test history
+    then lacks the validation item."""
 
     user_id: str
     train: tuple[str, ...]
-    validation: str
-    test: str
+    validation: str | None
+    test: str | None
 
     def history(self, split: str) -> tuple[str, ...]:
         """Items before the ``split`` target (the test history includes the validation item)."""
         if split == "validation":
             return self.train
         if split == "test":
-            return (*self.train, self.validation)
+            return self.train if self.validation is None else (*self.train, self.validation)
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
-    def target(self, split: str) -> str:
+    def target(self, split: str) -> str | None:
         self.history(split)  # validates the split name
         return self.validation if split == "validation" else self.test
+
+    def is_evaluated_on(self, split: str) -> bool:
+        """Has the user a ``split`` target and something before it to query with?"""
+        return self.target(split) is not None and bool(self.history(split))
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """The catalog (``item_ids``, position = item index) and the users to evaluate.
+    """The catalog (``item_ids``, position = item index) and its users: ``users`` are every
+    user with an item in the catalog (the recommenders train on their learnable train
+    sequences, train popularity counts them), ``split_users(split)`` those a split ranks.
 
     ``new_item_ids``: the catalog items the new-item protocol treats as new
     (``marts.dim_items.is_new_item``). They stay in the users' histories and targets, but
@@ -57,13 +65,23 @@ class EvalData:
     users: tuple[UserSequence, ...]
     new_item_ids: frozenset[str] = frozenset()
     index: dict[str, int] = field(init=False, repr=False, compare=False)
+    evaluated: dict[str, tuple[UserSequence, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {item_id: i for i, item_id in enumerate(self.item_ids)})
+        evaluated = {split: tuple(u for u in self.users if u.is_evaluated_on(split)) for split in SPLITS}
+        object.__setattr__(self, "evaluated", evaluated)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def split_users(self, split: str) -> tuple[UserSequence, ...]:
+        """The users ``split`` ranks (in ``users`` order): those with a target of that split in
+        the catalog and a non-empty history before it."""
+        if split not in self.evaluated:
+            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return self.evaluated[split]
 
     def indices(self, item_ids: Collection[str]) -> np.ndarray:
         return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
@@ -84,16 +102,20 @@ class EvalData:
         return np.array([counts.get(item_id, 0) for item_id in self.item_ids], dtype=np.float64)
 
     def restrict_to(self, item_ids: Collection[str]) -> EvalData:
-        """The evaluation over a sub-catalog (e.g. the items a quick run tagged): each user's
-        train items outside it are dropped; users whose validation or test target lies outside,
-        or who keep no train item, are dropped."""
+        """The evaluation over a sub-catalog (e.g. the items a quick run tagged), per split:
+        every item outside it is dropped from every sequence (train items and targets alike),
+        and a split evaluates every user whose target of *that* split lies inside, with the
+        history before it that lies inside (the test history keeps the validation item only
+        when it lies inside). A user with no item left is dropped; one with train items but
+        no target inside still trains the recommenders and counts in train popularity."""
         keep = set(item_ids)
         catalog = tuple(i for i in self.item_ids if i in keep)
         users = []
         for user in self.users:
             train = tuple(i for i in user.train if i in keep)
-            if train and user.validation in keep and user.test in keep:
-                users.append(UserSequence(user.user_id, train, user.validation, user.test))
+            validation, test = (target if target in keep else None for target in (user.validation, user.test))
+            if train or validation is not None or test is not None:
+                users.append(UserSequence(user.user_id, train, validation, test))
         return EvalData(catalog, tuple(users), self.new_item_ids & keep)
 
 
@@ -166,20 +188,62 @@ def load_tag_popularity(database_path: Path) -> dict[str, list[int]]:
     return {source: counts[source] for source in in_display_order(counts)}
 
 
-EVAL_RESULTS_EXIST = (
-    "select count(*) from information_schema.tables where table_schema = 'marts' and table_name = 'eval_results'"
-)
+def _table_exists(connection, relation: str) -> bool:
+    schema, name = relation.split(".")
+    return bool(
+        fetch_value(
+            connection,
+            "select count(*) from information_schema.tables "
+            f"where table_schema = '{schema}' and table_name = '{name}'",
+        )
+    )
 
 
 def load_results(database_path: Path, run_id: str | None = None) -> pl.DataFrame:
     """The rows of one evaluation run from marts.eval_results (default: the latest run)."""
     latest = "(select run_id from marts.eval_results order by created_at desc, run_id limit 1)"
-    run = latest if run_id is None else "'" + run_id.replace("'", "''") + "'"
+    run = latest if run_id is None else _quoted(run_id)
     with connect_readonly(database_path) as connection:
-        if not fetch_value(connection, EVAL_RESULTS_EXIST):
+        if not _table_exists(connection, "marts.eval_results"):
             raise EvaluationInputError(f"no evaluation in {database_path} yet: materialize evaluation/eval_results")
         columns, rows = fetch_rows(connection, f"select * from marts.eval_results where run_id = {run}")
     frame = pl.DataFrame(rows, schema=columns, orient="row")
     if frame.is_empty():
         raise EvaluationInputError(f"no evaluation results{'' if run_id is None else f' for run {run_id}'} in {database_path}")
     return frame
+
+
+PAIRED_DIFFERENCES = "marts.eval_paired_differences"
+PAIRED_SCHEMA = {
+    **dict.fromkeys(
+        ("run_id", "split", "protocol", "setting", "method", "tag_source_a", "tag_source_b", "bucket", "metric"), pl.String
+    ),
+    "seed": pl.Int64,
+    "mean_difference": pl.Float64,
+    "std_error": pl.Float64,
+    **dict.fromkeys(("n_users", "n_a_better", "n_b_better"), pl.Int64),
+}
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """One evaluation run as the claims read it: its rows of marts.eval_results and of
+    marts.eval_paired_differences (none for a run evaluated before per-user rows were kept)."""
+
+    results: pl.DataFrame
+    paired: pl.DataFrame
+
+
+def load_run(database_path: Path, run_id: str | None = None) -> RunResults:
+    """One run's results and paired differences (default: the latest run)."""
+    results = load_results(database_path, run_id)
+    with connect_readonly(database_path) as connection:
+        rows = []
+        if _table_exists(connection, PAIRED_DIFFERENCES):
+            query = f"select {', '.join(PAIRED_SCHEMA)} from {PAIRED_DIFFERENCES} where run_id = "
+            _, rows = fetch_rows(connection, query + _quoted(results["run_id"][0]))
+    return RunResults(results, pl.DataFrame(rows, schema=PAIRED_SCHEMA, orient="row"))
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

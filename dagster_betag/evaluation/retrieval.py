@@ -89,14 +89,14 @@ class Queries:
     counts: sparse.csr_matrix  # (n_users, n_terms) Q = H @ D, each query's term counts
 
     def query(self, user: int) -> dict[str, float]:
-        """The terms of the ``user``-th query (position in ``data.users``) and their counts."""
+        """The terms of the ``user``-th query (position in ``data.split_users(split)``) and their counts."""
         row = self.counts.getrow(user)
         return {self.terms.terms[t]: float(c) for t, c in zip(row.indices, row.data, strict=True)}
 
 
 @dataclass(frozen=True)
 class RankResult:
-    """Per-user target ranks (aligned with ``data.users``), for means, errors and buckets."""
+    """Per-user target ranks (aligned with ``data.split_users(split)``), for means, errors and buckets."""
 
     ranks: np.ndarray  # (n_users,) int64, 1-indexed
     targets: np.ndarray  # (n_users,) int64 catalog index of each target (for popularity buckets)
@@ -122,14 +122,14 @@ def build_queries(data: EvalData, documents: Documents, setting: str, split: str
 
 
 def sample_candidate_sets(data: EvalData, split: str, config: RetrievalConfig) -> tuple[np.ndarray, ...]:
-    """Per user (in ``data.users`` order) the target's index first, then ``n_negatives`` items
+    """Per user of the split (``data.split_users(split)`` order) the target's index first, then ``n_negatives`` items
     outside the user's split history, from one ``default_rng(seed)`` drawn in user order."""
     rng = np.random.default_rng(config.seed)
     return tuple(
         sampled_candidates(
             data.n_items, data.index[user.target(split)], data.indices(user.history(split)), config.n_negatives, rng
         )
-        for user in data.users
+        for user in data.split_users(split)
     )
 
 
@@ -149,24 +149,25 @@ def rank_targets(
     scoring = retrieval_method(method)
     _check(setting, SETTINGS, "setting")
     _check(protocol, PROTOCOLS, "protocol")
-    if not data.users:
-        raise ValueError("no users to evaluate")
+    users = data.split_users(split)
+    if not users:
+        raise ValueError(f"no users to evaluate on the {split} split")
     if protocol == "full" and candidate_sets is not None:
         raise ValueError("candidate_sets belong to the sampled protocol")
     if protocol == "sampled" and candidate_sets is None:
         candidate_sets = sample_candidate_sets(data, split, config)
-    if candidate_sets is not None and len(candidate_sets) != len(data.users):
-        raise ValueError(f"{len(candidate_sets)} candidate sets for {len(data.users)} users")
+    if candidate_sets is not None and len(candidate_sets) != len(users):
+        raise ValueError(f"{len(candidate_sets)} candidate sets for {len(users)} users")
     if scoring.uses_tags and documents is None:
         raise ValueError(f"method {method!r} needs tag documents")
 
-    targets = np.array([data.index[user.target(split)] for user in data.users], dtype=np.int64)
-    histories = [data.indices(user.history(split)) for user in data.users]
+    targets = np.array([data.index[user.target(split)] for user in users], dtype=np.int64)
+    histories = [data.indices(user.history(split)) for user in users]
     popularity = data.train_popularity()
     # a tag-free method sees no tag: every item's document, and so every query, is empty
     queries = build_queries(data, documents if scoring.uses_tags else {}, setting, split, config)
 
-    ranks = np.empty(len(data.users), dtype=np.int64)
+    ranks = np.empty(len(users), dtype=np.int64)
     iterative_runs: list[ChunkScores] = []
     for start, scores in _chunk_scores(queries, scoring, config):
         if scores.iterations is not None:
@@ -229,10 +230,12 @@ def _chunk_scores(
 
 
 def _query_items(data: EvalData, setting: str, split: str, max_history_items: int | None) -> sparse.csr_matrix:
-    """(n_users, n_items) H: how often each item is among a user's query items."""
+    """(n_users, n_items) H: how often each item is among a user's query items (the users of
+    ``split``)."""
+    users = data.split_users(split)
     rows: list[int] = []
     columns: list[int] = []
-    for row, user in enumerate(data.users):
+    for row, user in enumerate(users):
         history = user.history(split)
         if setting == "item":
             items = history[-1:]
@@ -241,7 +244,7 @@ def _query_items(data: EvalData, setting: str, split: str, max_history_items: in
         rows.extend([row] * len(items))
         columns.extend(data.index[i] for i in items)
     ones = np.ones(len(rows))
-    return sparse.coo_matrix((ones, (rows, columns)), shape=(len(data.users), data.n_items)).tocsr()
+    return sparse.coo_matrix((ones, (rows, columns)), shape=(len(users), data.n_items)).tocsr()
 
 
 def _dense_ranks(values: np.ndarray) -> np.ndarray:

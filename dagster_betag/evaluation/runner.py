@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from dagster_betag.evaluation.data import (
+    SPLITS,
     EvalData,
     EvaluationInputError,
     ItemBeams,
@@ -22,7 +24,7 @@ from dagster_betag.evaluation.data import (
     load_tag_documents,
     load_tag_sources,
 )
-from dagster_betag.evaluation.metrics import CUTOFF
+from dagster_betag.evaluation.metrics import CUTOFF, hit_at, ndcg_at
 from dagster_betag.evaluation.recommenders import RECOMMENDERS, recommender_named
 from dagster_betag.evaluation.retrieval import (
     PROTOCOLS,
@@ -128,10 +130,27 @@ def popularity_buckets(data: EvalData, head_share: float, cold_share: float) -> 
     return buckets
 
 
+@dataclass
+class EvaluationRows:
+    """What rankings yield: the aggregated ``results`` and the per-user metric rows they
+    average (``user_metrics``, frames of one row per user: the ``eval_user_metrics`` table)."""
+
+    results: list[ResultRow] = field(default_factory=list)
+    user_metrics: list[pl.DataFrame] = field(default_factory=list)
+
+    def extend(self, other: EvaluationRows) -> None:
+        self.results += other.results
+        self.user_metrics += other.user_metrics
+
+    def user_metrics_frame(self) -> pl.DataFrame:
+        return pl.concat(self.user_metrics) if self.user_metrics else pl.DataFrame()
+
+
 def rank_rows(
     ranks: np.ndarray,
     targets: np.ndarray,
     buckets: np.ndarray,
+    user_ids: Sequence[str],
     *,
     split: str,
     protocol: str,
@@ -140,8 +159,11 @@ def rank_rows(
     tag_source: str,
     n_candidates: int,
     seed: int,
-) -> list[ResultRow]:
-    """H@10 and N@10 rows over all users and per bucket of the target's popularity."""
+) -> EvaluationRows:
+    """H@10 and N@10 rows over all users and per bucket of the target's popularity, and one
+    row per user (``user_ids`` aligned with ``ranks``) with its target's bucket, rank, hit@10
+    and ndcg@10: the values those rows average, kept so that two tag sources can be compared
+    user by user (``marts.eval_paired_differences``)."""
     rows = []
     target_buckets = buckets[targets]
     for bucket in (ALL_USERS, *BUCKETS):
@@ -156,7 +178,24 @@ def rank_rows(
                     float(summary[metric]), float(summary[f"{metric}_se"]), int(chosen.size), n_candidates, seed,
                 )
             )  # fmt: skip
-    return rows
+    users = pl.DataFrame(
+        {
+            "user_id": list(user_ids),
+            "bucket": target_buckets.astype(str),
+            "target_rank": ranks.astype(np.int64),
+            f"hit_at_{CUTOFF}": [hit_at(int(rank), CUTOFF) for rank in ranks],
+            f"ndcg_at_{CUTOFF}": [ndcg_at(int(rank), CUTOFF) for rank in ranks],
+        },
+        schema_overrides={"bucket": pl.String},
+    ).with_columns(
+        pl.lit(split).alias("split"),
+        pl.lit(protocol).alias("protocol"),
+        pl.lit(setting).alias("setting"),
+        pl.lit(method).alias("method"),
+        pl.lit(tag_source).alias("tag_source"),
+        pl.lit(seed, dtype=pl.Int64).alias("seed"),
+    )
+    return EvaluationRows(rows, [users])
 
 
 def evaluate_retrieval(
@@ -166,13 +205,14 @@ def evaluate_retrieval(
     log: Log,
     *,
     baselines: bool = True,
-) -> list[ResultRow]:
+) -> EvaluationRows:
     """The tag-free methods (Popular) once unless not ``baselines``, then every retrieval method
     on every tag source, for each split, setting and protocol; the sampled candidate sets are
     drawn once per split and shared."""
     buckets = popularity_buckets(data, config.head_share, config.cold_share)
-    rows: list[ResultRow] = []
+    rows = EvaluationRows()
     for split in config.splits:
+        user_ids = [user.user_id for user in data.split_users(split)]
         candidate_sets = sample_candidate_sets(data, split, config.retrieval)
         for protocol in config.protocols:
             sets = candidate_sets if protocol == "sampled" else None
@@ -185,11 +225,11 @@ def evaluate_retrieval(
                 for method, source, documents in runs:
                     started = time.perf_counter()
                     result = rank_targets(data, documents, method, setting, split, protocol, config.retrieval, sets)
-                    rows += rank_rows(
-                        result.ranks, result.targets, buckets,
+                    rows.extend(rank_rows(
+                        result.ranks, result.targets, buckets, user_ids,
                         split=split, protocol=protocol, setting=setting, method=method, tag_source=source,
                         n_candidates=result.n_candidates, seed=config.retrieval.seed,
-                    )  # fmt: skip
+                    ))  # fmt: skip
                     log(
                         f"{split}/{protocol}/{setting} {method} on {source}: "
                         f"N@10 {summarize_ranks(result.ranks)['N@10']:.4f} ({time.perf_counter() - started:.1f} s)"
@@ -247,9 +287,15 @@ def protocol_record(config: EvaluationConfig, data: EvalData) -> dict:
     return {**asdict(config), "n_items": data.n_items, "n_users": len(data.users)}
 
 
+def split_user_counts(data: EvalData) -> dict[str, int]:
+    """``n_<split>_users``: how many users each split ranks."""
+    return {f"n_{split}_users": len(data.split_users(split)) for split in SPLITS}
+
+
 @dataclass
 class Evaluation:
     rows: list[ResultRow]
+    user_metrics: pl.DataFrame  # one row per user and ranking (rank_rows), what the rows average
     data: EvalData
     sources: list[str]
     beam_counts: list[int]
@@ -263,9 +309,13 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
     documents = {source: load_tag_documents(database_path, source) for source in sources}
     if config.restrict_to_llm_tagged:
         data = data.restrict_to(llm_tagged_items(data, documents))
-    if not data.users:
-        raise EvaluationInputError("no user has train, validation and test items in the evaluation catalog")
-    log(f"evaluating {len(sources)} tag sources on {data.n_items} items and {len(data.users)} users")
+    counts = split_user_counts(data)
+    if not all(counts[f"n_{split}_users"] for split in config.splits):
+        raise EvaluationInputError(
+            f"a split has no user with its target and an item before it in the evaluation catalog ({counts})"
+        )
+    users = ", ".join(f"{n} {name.removeprefix('n_').removesuffix('_users')}" for name, n in counts.items())
+    log(f"evaluating {len(sources)} tag sources on {data.n_items} items; users per split: {users}")
     rows = evaluate_retrieval(data, documents, config, log)
     beam_counts: list[int] = []
     if FULL_BETAG.tag_source in sources:
@@ -276,13 +326,13 @@ def evaluate_warehouse(database_path: Path, config: EvaluationConfig, log: Log) 
         curve = replace(config, protocols=("full",))
         for k in beam_counts:
             prefix = {f"betag:{k}_beams": beam_prefix_documents(beams, k, top_k)}
-            rows += evaluate_retrieval(data, prefix, curve, log, baselines=False)
+            rows.extend(evaluate_retrieval(data, prefix, curve, log, baselines=False))
         levers = replace(config, protocols=("full",))
         variants = betag_variant_documents(beams, top_k, config)
-        rows += evaluate_retrieval(data, variants, levers, log, baselines=False)
+        rows.extend(evaluate_retrieval(data, variants, levers, log, baselines=False))
     if config.recommenders:
-        rows += evaluate_recommenders(data, documents, config, log)
-    return Evaluation(rows, data, sources, beam_counts)
+        rows.extend(evaluate_recommenders(data, documents, config, log))
+    return Evaluation(rows.results, rows.user_metrics_frame(), data, sources, beam_counts)
 
 
 def llm_tagged_items(data: EvalData, documents: Mapping[str, Mapping[str, Sequence]]) -> list[str]:
@@ -299,12 +349,13 @@ def llm_tagged_items(data: EvalData, documents: Mapping[str, Mapping[str, Sequen
 
 def evaluate_recommenders(
     data: EvalData, documents_by_source: Mapping[str, Mapping[str, Sequence[str]]], config: EvaluationConfig, log: Log
-) -> list[ResultRow]:
-    """Each recommender, once per seed, ranked on the test split in every setting and
-    protocol (the sampled candidates are those of the retrieval rows)."""
+) -> EvaluationRows:
+    """Each recommender, once per seed, trained on every user's learnable train sequence and
+    ranked on the test split's users in every setting and protocol (the sampled candidates are
+    those of the retrieval rows)."""
     if not any(len(data.learnable_train(user)) >= 2 for user in data.users):
         log("recommenders skipped: no user has two train items in the evaluation catalog to learn from")
-        return []
+        return EvaluationRows()
     buckets = popularity_buckets(data, config.head_share, config.cold_share)
     protocols = {
         protocol: (sample_candidate_sets(data, "test", config.retrieval) if protocol == "sampled" else None)
@@ -318,18 +369,20 @@ def evaluate_recommenders(
         encoder = TextEncoder()
         for source in (s for s in config.unisrec_sources if s in documents_by_source):
             runs.append((kind, source, encoder.encode(item_texts(data.item_ids, documents_by_source[source]))))
-    rows: list[ResultRow] = []
-    targets = data.indices([user.test for user in data.users])
+    rows = EvaluationRows()
+    test_users = data.split_users("test")
+    targets = data.indices([user.test for user in test_users])
+    user_ids = [user.user_id for user in test_users]
     for kind, source, text in runs:
         model_config = recommender_named(kind).config(config.recommender_max_epochs)
         seed_runs = run_seeds(data, kind, protocols, "test", text, config.seeds, model_config, log, config.settings)
         for run in seed_runs:
             for (setting, protocol), ranks in run.ranks.items():
-                rows += rank_rows(
-                    ranks, targets, buckets,
+                rows.extend(rank_rows(
+                    ranks, targets, buckets, user_ids,
                     split="test", protocol=protocol, setting=setting, method=kind, tag_source=source,
                     n_candidates=data.n_items if protocol == "full" else max(len(c) for c in protocols[protocol]),
                     seed=run.seed,
-                )  # fmt: skip
+                ))  # fmt: skip
         log(f"{kind} on {source}: {len(seed_runs)} seed(s) done")
     return rows

@@ -278,12 +278,13 @@ def training_windows(data: EvalData, max_length: int, all_windows: bool) -> tupl
 
 
 def history_batch(data: EvalData, split: str, max_length: int, n_recent: int | None = None) -> np.ndarray:
-    """(n_users, L) the last ``max_length`` (or ``n_recent``, if fewer) items of each user's
-    ``split`` history, left-padded to L = ``max_length`` so the last item keeps the position
+    """(n_users, L) the last ``max_length`` (or ``n_recent``, if fewer) items of the ``split``
+    history of each user that split ranks (``data.split_users``), left-padded to L = ``max_length`` so the last item keeps the position
     it had in training."""
     keep = max_length if n_recent is None else min(n_recent, max_length)
-    batch = np.zeros((len(data.users), max_length), dtype=np.int64)
-    for row, user in enumerate(data.users):
+    users = data.split_users(split)
+    batch = np.zeros((len(users), max_length), dtype=np.int64)
+    for row, user in enumerate(users):
         history = data.indices(user.history(split)[-keep:]) + 1
         batch[row, max_length - len(history) :] = history
     return batch
@@ -384,20 +385,21 @@ def rank_split(
     """(n_users,) 1-indexed rank of each user's ``split`` target by ``metrics.target_rank``:
     scores after the split's history (``setting`` "user") or after only its last item
     ("item"), the whole history masked either way, among all items or among the user's
-    ``candidates`` (item index arrays, one per user in ``data.users`` order)."""
+    ``candidates`` (item index arrays, one per user in ``data.split_users(split)`` order)."""
     if setting not in ("user", "item"):
         raise ValueError(f"unknown setting {setting!r}; use user or item")
-    if candidates is not None and len(candidates) != len(data.users):
-        raise ValueError(f"{len(candidates)} candidate sets for {len(data.users)} users")
+    users = data.split_users(split)
+    if candidates is not None and len(candidates) != len(users):
+        raise ValueError(f"{len(candidates)} candidate sets for {len(users)} users")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     histories = history_batch(data, split, model.config.max_length, n_recent=1 if setting == "item" else None)
-    ranks = np.empty(len(data.users), dtype=np.int64)
-    for start in range(0, len(data.users), batch_size):
+    ranks = np.empty(len(users), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
         scores = model.score_all(torch.from_numpy(histories[start : start + batch_size]).to(device)).cpu().numpy()
         for offset, user_scores in enumerate(scores):
-            user = data.users[start + offset]
+            user = users[start + offset]
             ranks[start + offset] = target_rank(
                 user_scores,
                 data.index[user.target(split)],

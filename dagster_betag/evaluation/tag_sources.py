@@ -3,7 +3,8 @@
 They are written once, as the ``betag_tag_sources`` var of dbt_project.yml: dbt builds the
 documents from it (one model per source, looped over by item_tag_documents), and this module
 reads the same list, so Python's names, order and LLM flags cannot drift from the SQL's.
-A new tag source is one dbt model of (item_id, tags) plus one line of that list.
+A new tag source is one dbt model of (item_id, tags) plus one line of that list. The pairs
+of sources compared user by user (``betag_paired_comparisons``) are read from the same file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from dagster_betag import settings
 
 TAG_SOURCES_VAR = "betag_tag_sources"
+PAIRED_COMPARISONS_VAR = "betag_paired_comparisons"
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,30 @@ def registered_tag_sources() -> tuple[TagSource, ...]:
 @functools.cache
 def read_tag_sources(project_dir: Path) -> tuple[TagSource, ...]:
     """The ``betag_tag_sources`` var of ``project_dir``/dbt_project.yml, as TagSources."""
-    project = yaml.safe_load((project_dir / "dbt_project.yml").read_text(encoding="utf-8"))
-    return tuple(TagSource(**entry) for entry in project["vars"][TAG_SOURCES_VAR])
+    return tuple(TagSource(**entry) for entry in _project_vars(project_dir)[TAG_SOURCES_VAR])
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Tag source ``a`` against ``b``, user by user: d_u = m_u(a) - m_u(b)."""
+
+    a: str
+    b: str
+    description: str
+
+
+def registered_paired_comparisons() -> tuple[PairedComparison, ...]:
+    """The ``betag_paired_comparisons`` var: the pairs marts.eval_paired_differences holds."""
+    return read_paired_comparisons(settings.DBT_PROJECT_DIR)
+
+
+@functools.cache
+def read_paired_comparisons(project_dir: Path) -> tuple[PairedComparison, ...]:
+    return tuple(PairedComparison(**entry) for entry in _project_vars(project_dir)[PAIRED_COMPARISONS_VAR])
+
+
+def _project_vars(project_dir: Path) -> dict:
+    return yaml.safe_load((project_dir / "dbt_project.yml").read_text(encoding="utf-8"))["vars"]
 
 
 def tag_source_names() -> tuple[str, ...]:

@@ -74,7 +74,7 @@ tag_models = dbt_build_step(
 )
 evaluation_models = dbt_build_step(
     "evaluation_models",
-    "``dbt build`` of the results table over the shards the evaluation asset wrote.",
+    "``dbt build`` of the results tables (eval_results, eval_paired_differences) over the shards the evaluation asset wrote.",
     select=EVALUATION_OUTPUTS,
 )
 
