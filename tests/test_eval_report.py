@@ -211,12 +211,15 @@ def test_a_claim_without_its_inputs_is_not_measured_never_failed():
 
 
 def test_the_new_item_claim_reads_the_new_bucket_only():
-    frame = results(cells({"betag": 0.3, "propagated": 0.2}))
-    assert new_item_comparison(frame).summary() == "not measured (no new bucket: no test user's target is a new item)"
-    on_new = frame.with_columns(bucket=pl.lit("new"))
+    per_source = {"betag": 0.3, "base": 0.2, "propagated": 0.2}
+    ahead = {("betag", "base"): 0.1, ("betag", "propagated"): 0.1}
+    on_all = run(per_source, ahead)
+    assert new_item_comparison(on_all).summary() == "not measured (no new bucket: no test user's target is a new item)"
+    on_new = RunResults(on_all.results.with_columns(bucket=pl.lit("new")), paired(pairs(ahead), bucket="new"))
     assert new_item_comparison(on_new).verdict is Verdict.HOLDS
-    behind = results(cells({"betag": 0.2, "propagated": 0.3})).with_columns(bucket=pl.lit("new"))
-    assert new_item_comparison(behind).verdict is Verdict.DOES_NOT_HOLD
+    behind = {("betag", "base"): 0.1, ("betag", "propagated"): -0.1}
+    on_new_behind = RunResults(on_new.results, paired(pairs(behind), bucket="new"))
+    assert new_item_comparison(on_new_behind).verdict is Verdict.DOES_NOT_HOLD
 
 
 def poster_frame(per_source: dict[str, float], std_error: float) -> pl.DataFrame:
