@@ -145,13 +145,19 @@ def generate_betags(
     base tags; the instruction every prompt starts with is run once per call (its cache is
     shared), and items are batched by length to keep padding small. With ``tag_map``, every
     beam's tags are mapped to canonical tags (junk dropped) before aggregation, and with
-    ``config.constrain_to_vocabulary`` the beams can only write its canonical tags.
+    ``config.constrain_to_vocabulary`` the beams can only write its canonical tags. With
+    ``config.decoding.contrastive_alpha`` > 0 every batch also carries the behavior prompt of an
+    item with no tags (``prompt_text(tokenizer, [[]])``), the contrast of contrastive decoding.
     """
     tokenizer = llm.tokenizer
     eos_ids = end_of_turn_ids(llm)
     table = token_table(tokenizer)
     prompts = [prompt_text(tokenizer, [list(tags)]) for _, tags in items]
-    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
+    # contrastive decoding: the same prompt with the item written as no tags, split on the same shared prefix
+    contrastive = config.decoding.contrastive_alpha > 0
+    no_item = [prompt_text(tokenizer, [[]])] if contrastive else []
+    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts + no_item, enabled=config.share_prompt_prefix)
+    contrast_suffix = suffixes.pop() if contrastive else None
     shared_cache = prefix_cache(llm.model, prefix_ids)
     order = sorted(range(len(items)), key=lambda index: len(suffixes[index]))
     constrained = tag_map is not None and config.constrain_to_vocabulary
@@ -161,8 +167,13 @@ def generate_betags(
     for first in range(0, len(order), config.items_per_batch):
         batch = order[first : first + config.items_per_batch]
         input_ids, attention_mask = prefixed_batch(
-            prefix_ids, [suffixes[i] for i in batch], tokenizer.pad_token_id, llm.device
-        )
+            prefix_ids, [suffixes[i] for i in batch] + ([contrast_suffix] if contrastive else []),
+            tokenizer.pad_token_id, llm.device,
+        )  # fmt: skip
+        contrast = {}
+        if contrastive:  # the last row is the no-item prompt, laid out as the items'
+            contrast = {"contrast_ids": input_ids[-1:], "contrast_mask": attention_mask[-1:]}
+            input_ids, attention_mask = input_ids[:-1], attention_mask[:-1]
         output = diverse_beam_search(
             llm.model,
             input_ids,
@@ -183,6 +194,7 @@ def generate_betags(
                 vocabulary_constraint(tokenizer, vocabulary, eos_ids, input_ids.shape[1]) if vocabulary else None,
             ),
             prefix_cache=shared_cache,
+            **contrast,
         )
         ended = torch.isin(output.sequences, torch.tensor(eos_ids, device=output.sequences.device))
         finished = ended.any(dim=-1)  # (N, G*B) beams that wrote EOS, rather than running out of tokens
