@@ -1,5 +1,6 @@
 """BETag generation: aggregation of beams, and generation end to end on a tiny model."""
 
+import math
 from dataclasses import replace
 
 import torch
@@ -10,6 +11,7 @@ from dagster_betag.llm.betag import (
     aggregate_beams,
     first_group,
     generate_betags,
+    inverse_item_frequency,
     unfinished_entry_dropped,
     variant_decoding,
 )
@@ -34,6 +36,19 @@ def test_aggregation_ranks_by_beam_agreement_then_position():
         WeightedTag("dark comedy", 1, 1 / 3),  # ties with "gangster": seen first
     ]
     assert [t.tag for t in aggregate_beams(beams, top_k=2)] == ["crime", "heist"]
+
+
+def test_a_tag_weight_multiplies_the_beam_count_and_idf_is_ln_n_over_df():
+    beams = [["crime", "heist"], ["crime", "gangster"], ["crime"]]
+    idf = inverse_item_frequency({"crime": 4, "heist": 1}, n_items=4)  # gangster: only in these beams' item, df 1
+    assert (idf("crime"), idf("heist"), idf("gangster")) == (0.0, math.log(4), math.log(4))
+    assert [t.tag for t in aggregate_beams(beams, top_k=3)] == ["crime", "heist", "gangster"]
+    # crime, on every item, weighs 0; heist and gangster tie on 1 x ln 4, heist came earlier in its beam
+    assert aggregate_beams(beams, top_k=3, tag_weight=idf) == [
+        WeightedTag("heist", 1, 1 / 2),
+        WeightedTag("gangster", 1, 1 / 2),
+        WeightedTag("crime", 3, 3.0),
+    ]
 
 
 def test_ties_keep_first_appearance_order():

@@ -6,7 +6,8 @@ Only base tags are needed, so items without any behavior (cold start) get BETags
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -113,11 +114,14 @@ class ItemBetags:
     tags: list[WeightedTag]  # the aggregated top-K, best first
 
 
-def aggregate_beams(beam_tags: Sequence[Sequence[str]], top_k: int) -> list[WeightedTag]:
-    """Rank tags by how many beams agree on them, then by how early they come.
+def aggregate_beams(
+    beam_tags: Sequence[Sequence[str]], top_k: int, tag_weight: Callable[[str], float] | None = None
+) -> list[WeightedTag]:
+    """Rank tags by how many beams agree on them, then by how early they come; with
+    ``tag_weight``, by n_beams(tag) * tag_weight(tag) first (e.g. ``inverse_item_frequency``).
 
     A tag counts once per beam; ties keep first appearance order, so the result is
-    deterministic.
+    deterministic. The SQL twin (``int_betag_tags_ranked``, ``betag_aggregation: idf``) ranks the same.
     """
     n_beams: dict[str, int] = {}
     score: dict[str, float] = {}
@@ -126,8 +130,16 @@ def aggregate_beams(beam_tags: Sequence[Sequence[str]], top_k: int) -> list[Weig
             n_beams[tag] = n_beams.get(tag, 0) + 1
             score[tag] = score.get(tag, 0.0) + 1.0 / (1 + position)
     first_seen = {tag: order for order, tag in enumerate(n_beams)}
-    ranked = sorted(n_beams, key=lambda tag: (-n_beams[tag], -score[tag], first_seen[tag]))
+    weight = (lambda tag: n_beams[tag] * tag_weight(tag)) if tag_weight else n_beams.__getitem__
+    ranked = sorted(n_beams, key=lambda tag: (-weight(tag), -score[tag], first_seen[tag]))
     return [WeightedTag(tag, n_beams[tag], score[tag]) for tag in ranked[:top_k]]
+
+
+def inverse_item_frequency(item_counts: Mapping[str, int], n_items: int) -> Callable[[str], float]:
+    """idf(tag) = ln(N / max(df(tag), 1)): ``item_counts`` = df, the items whose *generated*
+    beams hold the tag, of N = ``n_items``. A tag no generated beam wrote (only an item's base
+    tags) is as rare as a tag can be, df = 1; a tag every item gets weighs 0."""
+    return lambda tag: math.log(n_items / max(item_counts.get(tag, 0), 1))
 
 
 @torch.no_grad()
