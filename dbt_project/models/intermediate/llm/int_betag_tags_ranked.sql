@@ -5,6 +5,10 @@
 -- top-K kept. idf is a catalog-wide statistic, so it is computed here, where the whole
 -- catalog is visible; the evaluation lever "betag:idf" (evaluation/runner.py) is its twin.
 
+{% if var('betag_aggregation') not in ['count', 'idf'] %}
+    {{ exceptions.raise_compiler_error("betag_aggregation must be count or idf, not " ~ var('betag_aggregation')) }}
+{% endif %}
+
 with
 
 generations as (
