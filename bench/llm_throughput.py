@@ -2,6 +2,7 @@
 
     python bench/llm_throughput.py [--items 32] [--groups 4] [--dtypes float32,bfloat16,int8] [--threads 2]
         [--repeats 3] [--naive-items 8] [--batch-rows 256] [--lora-windows 16] [--agreement 0]
+        [--contrastive-alphas 0,0.5]
 
 Needs a built warehouse (`betag run`, BETAG_WAREHOUSE_DIR) for the item descriptions: the
 ``--items`` most popular k-core items. Every variant (a precision from ``--dtypes``, i.e.
@@ -17,7 +18,8 @@ Stages:
   the items; a one-item loop's rate does not depend on how many items it runs);
 - BETags: ``generate_betags`` with ``--groups`` diverse groups of one beam (the default
   DiverseBeamConfig; ``--batch-rows`` rows per batch), prompted with the float32 base tags so
-  every precision decodes the same prompts; no tag vocabulary, the base model (no adapter);
+  every precision decodes the same prompts; no tag vocabulary, the base model (no adapter); one
+  stage per ``--contrastive-alphas`` value (``decoding.contrastive_alpha``; 0: plain decoding);
 - BETags, naive loop: ``model.generate`` greedy once per group and item (no diversity);
 - LoRA step: ``finetune.train_lora`` (default LoraConfig) on ``--lora-windows`` windows cut from
   synthetic sessions of the same items (their float32 base tags), on a copy of the model;
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import resource
 import statistics
@@ -224,6 +227,9 @@ def main() -> None:
     parser.add_argument("--naive-items", type=int, default=2, help="items of the naive loops (0 skips them)")
     parser.add_argument("--naive-repeats", type=int, default=1, help="repeats of the naive loops (they are slow)")
     parser.add_argument("--batch-rows", type=int, default=BetagConfig().batch_rows)
+    parser.add_argument(
+        "--contrastive-alphas", default="0", help="decoding.contrastive_alpha values of the BETag stage, comma-separated"
+    )
     parser.add_argument("--lora-windows", type=int, default=16, help="training windows of the LoRA stage (0 skips it)")
     parser.add_argument("--stages", default="base,naive,betag,lora", help="which stages to time")
     parser.add_argument("--agreement", type=int, default=0, help="items of the identical-tags comparison (0 skips it)")
@@ -262,8 +268,9 @@ def main() -> None:
         prompts = [base_tag_prompt(tokenizer, item) for item in naive_items]
         return len(naive_items), count_tokens(tokenizer, naive_generate(llm, prompts, base_config.max_new_tokens))
 
-    def betag(llm):
-        results = generate_betags(llm, pairs, betag_config)
+    def betag(llm, alpha=0.0):
+        config = replace(betag_config, decoding=replace(betag_config.decoding, contrastive_alpha=alpha))
+        results = generate_betags(llm, pairs, config)
         return len(pairs), count_tokens(tokenizer, [text for r in results for text in r.beam_texts])
 
     def betag_naive(llm):
@@ -278,7 +285,10 @@ def main() -> None:
     if "naive" in stages and naive_items and "base" in stages:
         plan.append(("base tags, naive loop", base_naive, False))
     if "betag" in stages:
-        plan.append((f"BETags, {args.groups} groups, {args.batch_rows} rows", betag, False))
+        for alpha in (float(a) for a in args.contrastive_alphas.split(",")):
+            contrast = f", contrastive alpha {alpha:g}" if alpha else ""
+            stage = functools.partial(betag, alpha=alpha)
+            plan.append((f"BETags, {args.groups} groups, {args.batch_rows} rows{contrast}", stage, False))
     if "naive" in stages and naive_items and "betag" in stages:
         plan.append((f"BETags, naive loop x {args.groups}", betag_naive, False))
     if "lora" in stages and windows:

@@ -1,5 +1,6 @@
 """BETag generation: aggregation of beams, and generation end to end on a tiny model."""
 
+import math
 from dataclasses import replace
 
 import torch
@@ -10,6 +11,7 @@ from dagster_betag.llm.betag import (
     aggregate_beams,
     first_group,
     generate_betags,
+    inverse_item_frequency,
     unfinished_entry_dropped,
     variant_decoding,
 )
@@ -34,6 +36,19 @@ def test_aggregation_ranks_by_beam_agreement_then_position():
         WeightedTag("dark comedy", 1, 1 / 3),  # ties with "gangster": seen first
     ]
     assert [t.tag for t in aggregate_beams(beams, top_k=2)] == ["crime", "heist"]
+
+
+def test_a_tag_weight_multiplies_the_beam_count_and_idf_is_ln_n_over_df():
+    beams = [["crime", "heist"], ["crime", "gangster"], ["crime"]]
+    idf = inverse_item_frequency({"crime": 4, "heist": 1}, n_items=4)  # gangster: only in these beams' item, df 1
+    assert (idf("crime"), idf("heist"), idf("gangster")) == (0.0, math.log(4), math.log(4))
+    assert [t.tag for t in aggregate_beams(beams, top_k=3)] == ["crime", "heist", "gangster"]
+    # crime, on every item, weighs 0; heist and gangster tie on 1 x ln 4, heist came earlier in its beam
+    assert aggregate_beams(beams, top_k=3, tag_weight=idf) == [
+        WeightedTag("heist", 1, 1 / 2),
+        WeightedTag("gangster", 1, 1 / 2),
+        WeightedTag("crime", 3, 3.0),
+    ]
 
 
 def test_ties_keep_first_appearance_order():
@@ -133,13 +148,17 @@ def test_beam_rules_end_a_beam_after_its_tag_cap(tiny_llm):
     assert int(torch.isfinite(open_beam).sum()) == open_beam.numel()  # the third tag may still grow
 
 
-def test_constrained_beams_write_only_canonical_tags_and_free_ones_need_not(tiny_llm):
+def small_tag_map():
     vocabulary_tags = {
         "a": ["space opera", "rebellion", "heist", "dark comedy"],
         "b": ["coming of age", "summer", "friendship", "time travel"],
         "c": ["heists", "robot", "desert", "romance"],  # "heists" is a spelling of "heist"
     }
-    tag_map = build_tag_map(vocabulary_tags, VocabularyConfig(merge_threshold=None, max_item_share=None))
+    return build_tag_map(vocabulary_tags, VocabularyConfig(merge_threshold=None, max_item_share=None))
+
+
+def test_constrained_beams_write_only_canonical_tags_and_free_ones_need_not(tiny_llm):
+    tag_map = small_tag_map()
     vocabulary = set(tag_map.vocabulary())
     assert "heists" not in vocabulary and "heist" in vocabulary
     items = [("1", ["space opera", "rebellion"]), ("2", ["heist"])]
@@ -159,3 +178,29 @@ def test_constrained_beams_write_only_canonical_tags_and_free_ones_need_not(tiny
     parsed = {tag for result in constrained for beam in result.beam_tags for tag in beam}
     assert parsed and parsed <= vocabulary and entries(constrained) <= vocabulary
     assert entries(free) - vocabulary  # the random model, left free, writes other text
+
+
+def test_contrastive_betags_carry_the_no_item_prompt_under_the_beam_rules(tiny_llm):
+    """alpha > 0: one extra prompt row (the item written as no tags) in every prefill, twice the rows per
+    step, other beams than alpha = 0, and the vocabulary constraint and the tag cap still hold."""
+    tag_map = small_tag_map()
+    items = [("1", ["space opera", "rebellion"]), ("2", ["heist"]), ("3", ["summer"])]
+    decoding = DiverseBeamConfig(num_groups=2, max_new_tokens=24)
+    config = BetagConfig(decoding=decoding, include_base_tags=False, max_tags_per_beam=3, batch_rows=4)
+    plain = generate_betags(tiny_llm, items, config, tag_map=tag_map)
+    contrastive_config = replace(config, decoding=replace(decoding, contrastive_alpha=1.0, plausibility_beta=0.01))
+    rows = []
+    handle = tiny_llm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        contrastive = generate_betags(tiny_llm, items, contrastive_config, tag_map=tag_map)
+    finally:
+        handle.remove()
+    prefills = [shape[0] for shape in rows if shape[1] > 1]
+    assert prefills[1:] == [2 + 1, 1 + 1]  # after the shared prefix: 2 items per batch, each batch + the no-item row
+    assert {shape[0] for shape in rows if shape[1] == 1} <= {2 * g for g in range(1, 2 * 2 + 1)}
+    assert [r.beam_texts for r in contrastive] != [r.beam_texts for r in plain]
+    vocabulary = set(tag_map.vocabulary())
+    for result in contrastive:
+        assert all(set(beam) <= vocabulary and len(beam) <= 3 for beam in result.beam_tags)

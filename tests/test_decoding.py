@@ -8,10 +8,12 @@ gets generated.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from dagster_betag.llm.decoding import DiverseBeamConfig, diverse_beam_search
+from dagster_betag.llm.decoding import DiverseBeamConfig, contrastive_scores, diverse_beam_search
 from tests.tiny_models import tiny_llama
 
 PAD = 1
@@ -52,11 +54,14 @@ def left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def search(model, prompts, eos=EOS_SOMETIMES, processor=None, **config):
-    ids, mask = left_pad(prompts)
+def search(model, prompts, eos=EOS_SOMETIMES, processor=None, contrast=None, **config):
+    """`contrast`: the contrast prompt of contrastive decoding, padded with the prompts (as `generate_betags`)."""
+    ids, mask = left_pad(prompts + ([contrast] if contrast is not None else []))
+    rows = {} if contrast is None else {"contrast_ids": ids[-1:], "contrast_mask": mask[-1:]}
+    ids, mask = ids[: len(prompts)], mask[: len(prompts)]
     config = DiverseBeamConfig(**{"max_new_tokens": MAX_NEW, **config})
     return diverse_beam_search(
-        model, ids, mask, config, eos_token_id=eos, pad_token_id=PAD, logits_processor=processor
+        model, ids, mask, config, eos_token_id=eos, pad_token_id=PAD, logits_processor=processor, **rows
     )
 
 
@@ -233,11 +238,15 @@ def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch(model, prompts):
 # --- 4. the KV-cache path against a cache-free port of transformers 4.x ------------------------------------------
 
 
-def group_beam_search_reference(model, prompt, groups, beams, penalty, eos, min_new, length_penalty):
+def group_beam_search_reference(
+    model, prompt, groups, beams, penalty, eos, min_new, length_penalty, contrast=None, alpha=0.0, beta=0.0
+):
     """transformers 4.x `_group_beam_search` for one unpadded prompt, as plain Python, recomputing every step.
 
     Follows the documented choices of `diverse_beam_search`: done groups no longer count for diversity, and at
-    the last step every group still open offers its running beams. Returns per group [(score, tokens)].
+    the last step every group still open offers its running beams. With `contrast` (an unpadded prompt), each
+    beam also runs after it and its scores are those of contrastive decoding, written out here from the
+    formula. Returns per group [(score, tokens)].
     """
     eos_list = eos_ids(eos)
     running = [[(0.0 if b == 0 else -1e9, []) for b in range(beams)] for _ in range(groups)]
@@ -257,6 +266,15 @@ def group_beam_search_reference(model, prompt, groups, beams, penalty, eos, min_
                 log_probs = torch.log_softmax(model(input_ids=rows).logits[:, -1].float(), -1)
             if step < min_new:
                 log_probs[:, eos_list] = -torch.inf
+            if contrast is not None:
+                no_item_rows = torch.tensor([contrast.tolist() + tokens for _, tokens in running[g]])
+                with torch.no_grad():
+                    no_item = torch.log_softmax(model(input_ids=no_item_rows).logits[:, -1].float(), -1)
+                for row in range(len(running[g])):
+                    best = float(log_probs[row].max())
+                    for token in range(log_probs.shape[-1]):
+                        plausible = float(log_probs[row, token]) >= best + math.log(beta)
+                        log_probs[row, token] = log_probs[row, token] - alpha * no_item[row, token] if plausible else -math.inf
             for token, count in chosen.items():
                 log_probs[:, token] -= penalty * count
             totals = log_probs + torch.tensor([score for score, _ in running[g]])[:, None]
@@ -302,6 +320,82 @@ def test_cached_search_matches_a_cache_free_reference(model, prompts, groups, be
     assert some_finished and some_ran_out
 
 
+# --- 5. contrastive decoding ---------------------------------------------------------------------------------------
+
+CONTRAST = torch.tensor([5, 9, 17])  # the prompt "without the item": shorter than every prompt, as in BETag
+
+
+def test_contrastive_alpha_0_is_the_plain_decode_with_or_without_a_contrast_prompt(model, prompts):
+    settings = {"num_groups": 2, "beams_per_group": 2, "diversity_penalty": 0.7, "plausibility_beta": 0.5}
+    plain = search(model, prompts, **settings)
+    rows = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        off = search(model, prompts, contrast=CONTRAST, contrastive_alpha=0.0, **settings)
+    finally:
+        handle.remove()
+    assert torch.equal(off.sequences, plain.sequences) and torch.equal(off.scores, plain.scores)
+    assert rows[0] == len(prompts)  # the contrast prompt was not even run
+
+
+def test_one_contrastive_step_is_the_formula_on_two_forward_passes(model, prompts):
+    """One greedy step by hand: the item prompt and the contrast prompt through the model, then
+    s = log p(v | item) - alpha log p(v | no item) over the plausible tokens; its best token and score."""
+    alpha, beta = 2.0, 0.1
+    with torch.no_grad():
+        item = torch.log_softmax(model(input_ids=prompts[2][None]).logits[0, -1].float(), -1)  # (V,)
+        no_item = torch.log_softmax(model(input_ids=CONTRAST[None]).logits[0, -1].float(), -1)  # (V,)
+    plausible = item >= item.max() + math.log(beta)
+    expected = torch.where(plausible, item - alpha * no_item, -torch.inf)
+    out = search(
+        model, prompts[2:], contrast=CONTRAST, max_new_tokens=1, num_groups=1, contrastive_alpha=alpha,
+        plausibility_beta=beta,
+    )  # fmt: skip
+    assert out.sequences[0, 0].tolist() == [int(expected.argmax())]
+    assert out.scores[0, 0].item() == pytest.approx(float(expected.max()), abs=1e-5)
+    # the scenario is what it claims: the contrast changed the choice, and the cutoff left tokens out
+    assert int(expected.argmax()) != int(item.argmax())
+    assert 1 < int(plausible.sum()) < item.numel()
+
+
+def test_the_plausibility_cutoff_excludes_tokens_below_beta_times_the_best():
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    no_item = torch.tensor([[0.9, 0.05, 0.01, 0.04]]).log()
+    scores = contrastive_scores(log_probs, no_item, alpha=1.0, beta=0.25)  # cutoff: p >= 0.125
+    assert torch.isinf(scores[0, 3]) and bool(torch.isfinite(scores[0, :3]).all())
+    torch.testing.assert_close(scores[0, :3], (log_probs - no_item)[0, :3])
+    assert int(scores.argmax()) == 2  # the item-specific token, though the item alone prefers token 0
+    assert bool(torch.isfinite(contrastive_scores(log_probs, no_item, alpha=1.0, beta=0.0)).all())
+
+
+def test_with_beta_1_only_the_best_token_is_plausible_so_greedy_tokens_stay(model, prompts):
+    plain = search(model, prompts, num_groups=1)
+    contrastive = search(model, prompts, contrast=CONTRAST, num_groups=1, contrastive_alpha=3.0, plausibility_beta=1.0)
+    assert torch.equal(contrastive.sequences, plain.sequences)
+    assert not torch.equal(contrastive.scores, plain.scores)
+
+
+@pytest.mark.parametrize(("groups", "beams", "alpha"), [(2, 2, 0.5), (3, 1, 1.0)])
+def test_cached_contrastive_search_matches_a_cache_free_reference(model, prompts, groups, beams, alpha):
+    """The no-item rows follow their beams through reorders, retired prompts and done groups."""
+    settings = {"num_groups": groups, "beams_per_group": beams, "diversity_penalty": 0.7, "min_new_tokens": 1}
+    out = search(model, prompts, contrast=CONTRAST, contrastive_alpha=alpha, plausibility_beta=0.05, **settings)
+    plain = search(model, prompts, **settings)
+    some_finished = False
+    for i, prompt in enumerate(prompts):
+        expected = group_beam_search_reference(
+            model, prompt, groups, beams, 0.7, EOS_SOMETIMES, 1, 1.0, contrast=CONTRAST, alpha=alpha, beta=0.05
+        )
+        for g, hypotheses in enumerate(expected):
+            for b, (score, tokens) in enumerate(hypotheses):
+                assert trimmed(out.sequences[i, g * beams + b]) == tokens
+                assert out.scores[i, g * beams + b].item() == pytest.approx(score, abs=1e-4)
+                some_finished |= tokens[-1] == EOS_SOMETIMES
+    assert some_finished and not torch.equal(out.sequences, plain.sequences)
+
+
 def test_finished_groups_leave_the_batch(model, prompts):
     """Once a group is done its beams are no longer fed to the model, and decoding stops when all are done."""
     rows = []
@@ -321,7 +415,7 @@ def test_finished_groups_leave_the_batch(model, prompts):
     assert len(set(lengths)) > 1
 
 
-# --- 5. the logits processor hook ----------------------------------------------------------------------------------
+# --- 6. the logits processor hook ----------------------------------------------------------------------------------
 
 
 def test_logits_processor_sees_full_sequences_and_its_ban_holds(model, prompts):

@@ -1,4 +1,4 @@
-"""The aggregation levers the evaluation measures from the stored beams (top-K, tag weights),
+"""The aggregation levers the evaluation measures from the stored beams (top-K, tag weights, idf),
 weighted retrieval, and the catalog every tag source is compared on."""
 
 from dagster_betag.evaluation.data import EvalData, ItemBeams, UserSequence
@@ -17,7 +17,8 @@ BEAMS = {
 
 
 def test_variants_re_aggregate_all_beams_with_top_k_and_beam_weights():
-    variants = betag_variant_documents(BEAMS, top_k=3, config=EvaluationConfig(top_ks=(1, 10), generic_tag_share=None))
+    config = EvaluationConfig(top_ks=(1, 10), generic_tag_share=None, idf_betags=False)
+    variants = betag_variant_documents(BEAMS, top_k=3, config=config)
     assert set(variants) == {"betag:top1", "betag:top10", "betag:weighted"}
     assert variants["betag:top1"] == {"a": ["crime"], "b": ["space"]}
     assert variants["betag:top10"]["a"] == ["crime", "heist", "gangster", "noir"]
@@ -36,6 +37,25 @@ def test_specific_variant_drops_generated_tags_most_items_get_but_keeps_base_tag
     specific = betag_variant_documents(beams, 10, EvaluationConfig(top_ks=(), generic_tag_share=0.5))["betag:specific"]
     assert specific["a"] == ["heist", "gangster", "crime", "noir"]  # crime stays, from the base-tag beam only
     assert specific["c"] == ["robot", "desert"]
+
+
+def test_idf_variant_ranks_beams_times_inverse_item_frequency():
+    """The hand-made case the SQL twin's unit test holds too (int_betag_tags_ranked.yml)."""
+    beams = {**BEAMS, "c": ItemBeams(base=(("robot",),), generated=(("crime", "robot"), ("desert",)))}
+    config = EvaluationConfig(top_ks=(10,), weighted_betags=False, generic_tag_share=None)
+    # crime and robot are generated for 2 of 3 items (idf ln 3/2), the rest for one (ln 3); heist's
+    # 2 beams x ln 3 beat crime's 3 x ln 3/2, though counts put crime first
+    assert betag_variant_documents(beams, 10, config)["betag:top10"]["a"] == ["crime", "heist", "gangster", "noir"]
+    idf = betag_variant_documents(beams, 10, config)["betag:idf"]
+    assert idf == {
+        "a": ["heist", "crime", "gangster", "noir"],
+        "b": ["space", "alien", "robot"],
+        "c": ["desert", "robot", "crime"],
+    }
+    assert {item: tags[:2] for item, tags in betag_variant_documents(beams, 2, config)["betag:idf"].items()} == {
+        item: tags[:2] for item, tags in idf.items()
+    }
+    assert "betag:idf" not in betag_variant_documents(beams, 2, EvaluationConfig(idf_betags=False))
 
 
 def test_weights_change_the_ranking_where_counts_cannot():

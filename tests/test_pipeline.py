@@ -255,7 +255,7 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
     )
     # the beam-count curve and the aggregation levers, on both splits, full ranking only
     levers = {"betag:1_beams", "betag:2_beams", "betag:top10", "betag:top15", "betag:top30", "betag:weighted"}
-    levers |= {"betag:specific"}
+    levers |= {"betag:specific", "betag:idf"}
     assert {source: (splits, protocols) for source, splits, protocols in curve} == dict.fromkeys(
         levers, (["test", "validation"], ["full"])
     )

@@ -39,7 +39,7 @@ from dagster_betag.evaluation.sequential import run_seeds
 from dagster_betag.evaluation.text_encoder import TextEncoder
 from dagster_betag.evaluation.unisrec import item_texts
 from dagster_betag.knobs import knob, nested
-from dagster_betag.llm.betag import aggregate_beams
+from dagster_betag.llm.betag import aggregate_beams, inverse_item_frequency
 from dagster_betag.llm.variants import FULL_BETAG
 
 Log = Callable[[str], None]
@@ -84,6 +84,11 @@ class EvaluationConfig:
     # document and crowd the top-K
     generic_tag_share: float | None = knob(
         0.1, '"betag:specific": generated tags on more than this share of the items dropped (null: not measured).'
+    )
+    idf_betags: bool = knob(
+        True,
+        'Also "betag:idf": tags ranked by beams x idf, idf = ln(N items / items whose generated beams hold the tag) '
+        "(the betag_aggregation: idf of marts.item_betags).",
     )
     recommenders: tuple[str, ...] = knob(tuple(RECOMMENDERS), "Recommenders trained per seed (test split only).")
     unisrec_sources: tuple[str, ...] = knob(
@@ -238,17 +243,23 @@ def evaluate_retrieval(
 
 
 def beam_prefix_documents(
-    beams_by_item: Mapping[str, ItemBeams], n_generated: int, top_k: int, *, weighted: bool = False
+    beams_by_item: Mapping[str, ItemBeams],
+    n_generated: int,
+    top_k: int,
+    *,
+    weighted: bool = False,
+    tag_weight: Callable[[str], float] | None = None,
 ) -> dict:
     """BETag documents from only the first ``n_generated`` generated beams of each item (plus
     the base-tag beam when the generation kept it): the poster's Fig. 2a without decoding
     again. Group g of the diverse search depends only on groups before it, so with one beam
     per group the first k beams are exactly what a k-group run decodes. ``weighted``: each tag
-    as a (tag, beams that wrote it) pair, the weight retrieval multiplies its terms by."""
+    as a (tag, beams that wrote it) pair, the weight retrieval multiplies its terms by.
+    ``tag_weight``: the ranking's tag weight (``aggregate_beams``)."""
     return {
         item_id: [
             (tag.tag, float(tag.n_beams)) if weighted else tag.tag
-            for tag in aggregate_beams([*beams.base, *beams.generated[:n_generated]], top_k)
+            for tag in aggregate_beams([*beams.base, *beams.generated[:n_generated]], top_k, tag_weight)
         ]
         for item_id, beams in beams_by_item.items()
     }
@@ -270,15 +281,24 @@ def betag_variant_documents(
             for item_id, beams in beams_by_item.items()
         }
         variants["betag:specific"] = beam_prefix_documents(specific, decoded, top_k)
+    if config.idf_betags:
+        idf = inverse_item_frequency(generated_item_counts(beams_by_item), len(beams_by_item))
+        variants["betag:idf"] = beam_prefix_documents(beams_by_item, decoded, top_k, tag_weight=idf)
     return variants
 
 
-def generic_tags(beams_by_item: Mapping[str, ItemBeams], max_share: float) -> set[str]:
-    """Tags the generated beams of more than ``max_share`` of the items write."""
+def generated_item_counts(beams_by_item: Mapping[str, ItemBeams]) -> dict[str, int]:
+    """tag -> the items whose generated beams hold it."""
     counts: dict[str, int] = {}
     for beams in beams_by_item.values():
         for tag in {tag for beam in beams.generated for tag in beam}:
             counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+def generic_tags(beams_by_item: Mapping[str, ItemBeams], max_share: float) -> set[str]:
+    """Tags the generated beams of more than ``max_share`` of the items write."""
+    counts = generated_item_counts(beams_by_item)
     return {tag for tag, n in counts.items() if n > max_share * len(beams_by_item)}
 
 

@@ -6,6 +6,7 @@ Only base tags are needed, so items without any behavior (cold start) get BETags
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -113,11 +114,14 @@ class ItemBetags:
     tags: list[WeightedTag]  # the aggregated top-K, best first
 
 
-def aggregate_beams(beam_tags: Sequence[Sequence[str]], top_k: int) -> list[WeightedTag]:
-    """Rank tags by how many beams agree on them, then by how early they come.
+def aggregate_beams(
+    beam_tags: Sequence[Sequence[str]], top_k: int, tag_weight: Callable[[str], float] | None = None
+) -> list[WeightedTag]:
+    """Rank tags by how many beams agree on them, then by how early they come; with
+    ``tag_weight``, by n_beams(tag) * tag_weight(tag) first (e.g. ``inverse_item_frequency``).
 
     A tag counts once per beam; ties keep first appearance order, so the result is
-    deterministic.
+    deterministic. The SQL twin (``int_betag_tags_ranked``, ``betag_aggregation: idf``) ranks the same.
     """
     n_beams: dict[str, int] = {}
     score: dict[str, float] = {}
@@ -126,8 +130,16 @@ def aggregate_beams(beam_tags: Sequence[Sequence[str]], top_k: int) -> list[Weig
             n_beams[tag] = n_beams.get(tag, 0) + 1
             score[tag] = score.get(tag, 0.0) + 1.0 / (1 + position)
     first_seen = {tag: order for order, tag in enumerate(n_beams)}
-    ranked = sorted(n_beams, key=lambda tag: (-n_beams[tag], -score[tag], first_seen[tag]))
+    weight = (lambda tag: n_beams[tag] * tag_weight(tag)) if tag_weight else n_beams.__getitem__
+    ranked = sorted(n_beams, key=lambda tag: (-weight(tag), -score[tag], first_seen[tag]))
     return [WeightedTag(tag, n_beams[tag], score[tag]) for tag in ranked[:top_k]]
+
+
+def inverse_item_frequency(item_counts: Mapping[str, int], n_items: int) -> Callable[[str], float]:
+    """idf(tag) = ln(N / max(df(tag), 1)): ``item_counts`` = df, the items whose *generated*
+    beams hold the tag, of N = ``n_items``. A tag no generated beam wrote (only an item's base
+    tags) is as rare as a tag can be, df = 1; a tag every item gets weighs 0."""
+    return lambda tag: math.log(n_items / max(item_counts.get(tag, 0), 1))
 
 
 @torch.no_grad()
@@ -143,10 +155,12 @@ def generate_betags(
     """BETags for ``(item_id, base_tags)`` pairs, in input order.
 
     Each item is prompted exactly as in finetuning, as a one-item sequence of its own
-    base tags (after its title, from ``titles``, for an adapter trained so); the instruction every prompt starts with is run once per call (its cache is
-    shared), and items are batched by length to keep padding small. With ``tag_map``, every
+    base tags (after its title, from ``titles``, for an adapter trained so); the instruction
+    every prompt starts with is run once per call (its cache is shared), and items are batched by length to keep padding small. With ``tag_map``, every
     beam's tags are mapped to canonical tags (junk dropped) before aggregation, and with
-    ``config.constrain_to_vocabulary`` the beams can only write its canonical tags.
+    ``config.constrain_to_vocabulary`` the beams can only write its canonical tags. With
+    ``config.decoding.contrastive_alpha`` > 0 every batch also carries the behavior prompt of an
+    item with no tags (``prompt_text(tokenizer, [[]])``), the contrast of contrastive decoding.
     """
     tokenizer = llm.tokenizer
     eos_ids = end_of_turn_ids(llm)
@@ -154,7 +168,12 @@ def generate_betags(
     prompts = [
         prompt_text(tokenizer, [list(tags)], None if titles is None else [titles[item_id]]) for item_id, tags in items
     ]
-    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts, enabled=config.share_prompt_prefix)
+    # contrastive decoding: the same prompt with the item written as no tags (and no title), split
+    # on the same shared prefix
+    contrastive = config.decoding.contrastive_alpha > 0
+    no_item = [prompt_text(tokenizer, [[]])] if contrastive else []
+    prefix_ids, suffixes = split_shared_prefix(tokenizer, prompts + no_item, enabled=config.share_prompt_prefix)
+    contrast_suffix = suffixes.pop() if contrastive else None
     shared_cache = prefix_cache(llm.model, prefix_ids)
     order = sorted(range(len(items)), key=lambda index: len(suffixes[index]))
     constrained = tag_map is not None and config.constrain_to_vocabulary
@@ -164,8 +183,13 @@ def generate_betags(
     for first in range(0, len(order), config.items_per_batch):
         batch = order[first : first + config.items_per_batch]
         input_ids, attention_mask = prefixed_batch(
-            prefix_ids, [suffixes[i] for i in batch], tokenizer.pad_token_id, llm.device
-        )
+            prefix_ids, [suffixes[i] for i in batch] + ([contrast_suffix] if contrastive else []),
+            tokenizer.pad_token_id, llm.device,
+        )  # fmt: skip
+        contrast = {}
+        if contrastive:  # the last row is the no-item prompt, laid out as the items'
+            contrast = {"contrast_ids": input_ids[-1:], "contrast_mask": attention_mask[-1:]}
+            input_ids, attention_mask = input_ids[:-1], attention_mask[:-1]
         output = diverse_beam_search(
             llm.model,
             input_ids,
@@ -186,6 +210,7 @@ def generate_betags(
                 vocabulary_constraint(tokenizer, vocabulary, eos_ids, input_ids.shape[1]) if vocabulary else None,
             ),
             prefix_cache=shared_cache,
+            **contrast,
         )
         ended = torch.isin(output.sequences, torch.tensor(eos_ids, device=output.sequences.device))
         finished = ended.any(dim=-1)  # (N, G*B) beams that wrote EOS, rather than running out of tokens

@@ -8,12 +8,14 @@ PyTorch: batched over prompts, one forward per prompt, then one token per beam p
 Shapes in comments use: N = prompts in the batch, n = prompts still being decoded (a prompt leaves the batch as
 soon as all its groups are done; the beams of a done group stop running through the model at once), G = groups,
 B = beams per group, V = vocabulary, P = padded prompt length, t = tokens generated so far, T = max_new_tokens,
-K = candidates kept per group and step.
+K = candidates kept per group and step, R = rows of the key/value cache (the running beams; twice as many with
+contrastive decoding, whose no-item rows follow the item rows).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -49,6 +51,17 @@ class DiverseBeamConfig:
         "As transformers' beam search: a group stops once it has B finished hypotheses; false also asks that its "
         "best running beam cannot beat the worst of them.",
     )
+    contrastive_alpha: float = knob(
+        0.0,
+        "alpha of contrastive decoding: a token scores log p(token | item prompt) - alpha * log p(token | no-item "
+        "prompt), so tokens the model writes whatever the item get pushed down; 0 is off (the no-item prompt is not "
+        "run at all).",
+    )
+    plausibility_beta: float = knob(
+        0.1,
+        "beta of contrastive decoding: only tokens with p(token | item) >= beta * the best token's p(token | item) "
+        "may be chosen (the rest score -inf), so the contrast cannot promote tokens the item makes unlikely.",
+    )
 
     def __post_init__(self) -> None:
         if self.num_groups < 1 or self.beams_per_group < 1:
@@ -57,6 +70,8 @@ class DiverseBeamConfig:
             raise ValueError("diversity_penalty must be >= 0")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
             raise ValueError("need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+        if self.contrastive_alpha < 0 or not 0 <= self.plausibility_beta <= 1:
+            raise ValueError("need contrastive_alpha >= 0 and 0 <= plausibility_beta <= 1")
 
 
 @dataclass
@@ -78,6 +93,8 @@ def diverse_beam_search(
     pad_token_id: int,
     logits_processor: LogitsRule | None = None,
     prefix_cache: Cache | None = None,
+    contrast_ids: torch.LongTensor | None = None,
+    contrast_mask: torch.LongTensor | None = None,
 ) -> DiverseBeamOutput:
     """Decode G groups of B beams per left-padded prompt, as transformers 4.x `generate(num_beam_groups=G, ...)`.
 
@@ -102,18 +119,39 @@ def diverse_beam_search(
     `prefix_cache`: the one-row key/value cache of a prefix of Q tokens that every prompt starts with
     (`llm/prefix.py`: the prompts are then laid out as prefix + left-padded rest, so only the first
     column after the prefix may be padding); the prompts' first Q tokens are not run again.
+
+    Contrastive decoding (``config.contrastive_alpha`` = alpha > 0; Li et al. 2023, Shi et al. 2024):
+    `contrast_ids` / `contrast_mask` (1, P), laid out as the prompts (same width, same prefix), is one prompt
+    without the item. Every beam also runs through the model after it (its rows ride along in the same cache
+    and forward passes, R = 2 n*G*B), and the next-token score that replaces the log-prob above is
+
+        s(v) = log p(v | item prompt, beam) - alpha * log p(v | contrast prompt, beam)   if v is plausible,
+        s(v) = -inf                                                                     otherwise,
+        plausible: p'(v | item prompt, beam) >= beta * max_u p'(u | item prompt, beam),
+
+    beta = ``config.plausibility_beta``, p' the item log-probs after `logits_processor` and the EOS ban.
+    The rules see the item's log-probs, not s: their bans and constraints are what makes a token possible,
+    so the plausibility set is taken among the tokens they allow (against the unconstrained maximum, a
+    vocabulary constraint could leave no plausible token at all), and s is only ever finite where they
+    left the item log-prob finite. Beam scores then accumulate s (with the diversity penalty). With
+    alpha = 0 the contrast prompt is not run and the decode is the plain one.
     """
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError("input_ids and attention_mask must both be (batch, prompt_len)")
     if not bool(attention_mask[:, -1].all()):
         raise ValueError("prompts must be left-padded: the last column of attention_mask must be all ones")
+    contrastive = config.contrastive_alpha > 0
+    if contrastive and (contrast_ids is None or contrast_mask is None or contrast_ids.shape != (1, input_ids.shape[1])):
+        raise ValueError("contrastive decoding needs contrast_ids and contrast_mask, (1, prompt_len)")
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id, device=input_ids.device)
     state = _Search.start(input_ids, attention_mask, config)
     results = _empty_hypotheses(input_ids.shape[0], config, input_ids.device)
 
     copies = config.num_groups * config.beams_per_group
-    log_probs, cache = _prefill(model, input_ids, attention_mask, copies, prefix_cache)
-    # (n*G*B,) where each beam's history sits in the cache, -1 for none
+    prompts = (input_ids, contrast_ids) if contrastive else (input_ids,)
+    masks = (attention_mask, contrast_mask) if contrastive else (attention_mask,)
+    log_probs, cache = _prefill(model, torch.cat(prompts), torch.cat(masks), copies, prefix_cache, contrastive)
+    # (n*G*B,) where each beam's history sits in the cache (its item row), -1 for none
     cache_row = torch.arange(input_ids.shape[0] * copies, device=input_ids.device)
     for step in range(config.max_new_tokens):
         log_probs = _next_token_scores(log_probs, state, step, eos, config, logits_processor)
@@ -132,10 +170,10 @@ def diverse_beam_search(
         # only beams of groups still searching stay in the cache and run through the model: a done group's
         # beams would only burn compute (they no longer count for diversity either)
         live = (~state.done)[..., None].expand_as(state.beam_scores).flatten()  # (n*G*B,)
-        _follow_beams(cache, cache_row[rows[~retired].flatten()[live]])
+        _follow_beams(cache, cache_row[rows[~retired].flatten()[live]], int((cache_row >= 0).sum()), contrastive)
         cache_row = torch.full_like(live, -1, dtype=torch.long)
         cache_row[live] = torch.arange(int(live.sum()), device=live.device)
-        log_probs = _decode_step(model, cache, state, live)
+        log_probs = _decode_step(model, cache, state, live, contrast_mask if contrastive else None)
     return _output(results, pad_token_id)
 
 
@@ -204,8 +242,13 @@ class _Search:
         return torch.cat([prompt, self.generated], dim=-1).reshape(n * G * B, -1)
 
 
-def _prefill(model, input_ids, attention_mask, copies: int, prefix_cache) -> tuple[torch.Tensor, Cache]:
-    """Run each prompt once, then give each of its `copies` beams a copy of the cache (they all share it)."""
+def _prefill(
+    model, input_ids, attention_mask, copies: int, prefix_cache, contrastive: bool
+) -> tuple[torch.Tensor, Cache]:
+    """Run each prompt once, then give each of its `copies` beams a copy of the cache (they all share it).
+
+    `input_ids` (N, P), or (N + 1, P) when `contrastive`: the contrast prompt last, whose row every beam of every
+    prompt gets a copy of too, after the item rows. Returns (R, V) log-probs and the cache of R rows."""
     position_ids = attention_mask.long().cumsum(-1) - 1  # (N, P) as transformers does for left padding
     position_ids = position_ids.masked_fill(attention_mask == 0, 1)
     done = 0 if prefix_cache is None else prefix_cache.get_seq_length()  # Q prompt tokens already cached
@@ -219,10 +262,14 @@ def _prefill(model, input_ids, attention_mask, copies: int, prefix_cache) -> tup
         use_cache=True,
         **_last_logits_only(model),
     )
+    n_items = input_ids.shape[0] - contrastive
+    origin = torch.arange(n_items, device=input_ids.device).repeat_interleave(copies)  # (N*G*B,)
+    if contrastive:
+        origin = torch.cat([origin, origin.new_full(origin.shape, n_items)])  # (2*N*G*B,)
     cache = out.past_key_values
-    cache.batch_repeat_interleave(copies)
-    log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (N, V)
-    return log_probs.repeat_interleave(copies, dim=0), cache  # (N*G*B, V)
+    cache.reorder_cache(origin)
+    log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (N (+ 1), V)
+    return log_probs[origin], cache  # (R, V)
 
 
 def _last_logits_only(model) -> dict:
@@ -230,42 +277,69 @@ def _last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _follow_beams(cache: Cache, rows: torch.Tensor) -> None:
+def _follow_beams(cache: Cache, rows: torch.Tensor, cached_beams: int, contrastive: bool) -> None:
     """Reorder the cache so that row i holds the history of old row ``rows[i]`` (each beam's origin; beams
-    of done groups and retired prompts left out). Skipped when nothing moves, the usual case with one beam
-    per group: a copy of the whole cache per step is a tenth of the decoding time on a CPU."""
-    if rows.numel() == cache.batch_size and bool((rows == torch.arange(rows.numel(), device=rows.device)).all()):
+    of done groups and retired prompts left out); with `contrastive`, the no-item rows (after the
+    `cached_beams` item rows) follow their item rows. Skipped when nothing moves, the usual case with one beam
+    per group: a copy of the whole cache per step is a tenth of the decoding time on a CPU. (The row count is
+    passed in: a DynamicCache's `batch_size` is -1.)"""
+    if contrastive:
+        rows = torch.cat([rows, rows + cached_beams])  # (R,)
+    if rows.numel() == cached_beams * (1 + contrastive) and bool(
+        (rows == torch.arange(rows.numel(), device=rows.device)).all()
+    ):
         return
     cache.reorder_cache(rows)
 
 
-def _decode_step(model, cache: Cache, state: _Search, live: torch.Tensor) -> torch.Tensor:
-    """Feed the newest token of each running beam where `live` (n*G*B,) through the cache; (n*G*B, V)
-    next-token log-probs, zeros for the beams left out."""
+def _decode_step(model, cache: Cache, state: _Search, live: torch.Tensor, contrast_mask) -> torch.Tensor:
+    """Feed the newest token of each running beam where `live` (n*G*B,) through the cache, and with
+    `contrast_mask` (1, P) the same token after the contrast prompt; (n*G*B, V) next-token log-probs, or
+    (2*n*G*B, V): the item rows, then the no-item rows; zeros for the beams left out."""
     n, G, B, t = state.generated.shape
     tokens = state.generated[..., -1].reshape(-1, 1)[live]  # (rows, 1)
     mask = torch.cat([state.prompt_mask, state.prompt_mask.new_ones((n, t))], dim=1)  # (n, P + t)
     position = state.prompt_mask.sum(dim=1, keepdim=True) + (t - 1)  # (n, 1) real prompt length + t - 1
+    mask, position = mask.repeat_interleave(G * B, dim=0)[live], position.repeat_interleave(G * B, dim=0)[live]
+    if contrast_mask is not None:
+        rows = tokens.shape[0]
+        contrast = torch.cat([contrast_mask, contrast_mask.new_ones((1, t))], dim=1)  # (1, P + t)
+        tokens = tokens.repeat(2, 1)  # (2*rows, 1)
+        mask = torch.cat([mask, contrast.expand(rows, -1)])  # (2*rows, P + t)
+        position = torch.cat([position, (contrast_mask.sum(dim=1, keepdim=True) + (t - 1)).expand(rows, 1)])
     out = model(
         input_ids=tokens,
-        attention_mask=mask.repeat_interleave(G * B, dim=0)[live],
-        position_ids=position.repeat_interleave(G * B, dim=0)[live],
+        attention_mask=mask,
+        position_ids=position,
         past_key_values=cache,
         use_cache=True,
     )
-    log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (rows, V)
+    log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (rows or 2*rows, V)
     if bool(live.all()):
         return log_probs
-    return log_probs.new_zeros((live.numel(), log_probs.shape[-1])).index_copy_(0, live.nonzero().squeeze(1), log_probs)
+    beams = live.nonzero().squeeze(1)
+    halves = log_probs.split(beams.numel())  # the item rows (and the no-item rows)
+    return torch.cat([half.new_zeros((live.numel(), half.shape[-1])).index_copy_(0, beams, half) for half in halves])
 
 
 def _next_token_scores(log_probs, state: _Search, step: int, eos, config: DiverseBeamConfig, processor):
-    """The caller's processor, then the EOS ban before min_new_tokens: (n*G*B, V) -> (n*G*B, V)."""
+    """The caller's processor, then the EOS ban before min_new_tokens, on the item rows; with contrastive
+    decoding, then the contrast against the no-item rows: (R, V) -> (n*G*B, V)."""
+    log_probs, *no_item = log_probs.tensor_split(2) if config.contrastive_alpha > 0 else (log_probs,)
     if processor is not None:
         log_probs = processor(state.sequences(), log_probs)
     if step < config.min_new_tokens:
         log_probs = log_probs.index_fill(1, eos, -torch.inf)
+    if no_item:
+        log_probs = contrastive_scores(log_probs, no_item[0], config.contrastive_alpha, config.plausibility_beta)
     return log_probs
+
+
+def contrastive_scores(log_probs: torch.Tensor, no_item_log_probs: torch.Tensor, alpha: float, beta: float):
+    """(rows, V) scores s(v) = log_probs(v) - alpha * no_item_log_probs(v) where log_probs(v) >= log(beta) +
+    max_u log_probs(u) (the plausibility set: p(v) >= beta * max p), -inf elsewhere."""
+    cutoff = log_probs.max(dim=-1, keepdim=True).values + (math.log(beta) if beta > 0 else -math.inf)  # (rows, 1)
+    return torch.where(log_probs >= cutoff, log_probs - alpha * no_item_log_probs, -torch.inf)
 
 
 def _search_step(state: _Search, log_probs, step: int, eos, config: DiverseBeamConfig) -> torch.Tensor:

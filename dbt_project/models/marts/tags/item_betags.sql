@@ -9,6 +9,13 @@ latest as (
 
 ),
 
+ranked as (
+
+    select * from {{ ref('int_betag_tags_ranked') }}
+    where variant = 'betag'
+
+),
+
 final as (
 
     select
@@ -19,8 +26,9 @@ final as (
         tag.tag_rank,
         latest.adapter_id,
         latest.generated_at
-    from latest,
-        unnest(latest.tags) with ordinality as tag(weighted, tag_rank)
+    from latest
+    inner join ranked using (item_id),
+        unnest(ranked.tags) with ordinality as tag(weighted, tag_rank)
 
 )
 

@@ -1,11 +1,11 @@
 -- The aggregated tags of each item's current generation of every BETag variant (the full
--- method and the Table 3 ablations), best first.
+-- method and the Table 3 ablations), best first (ranked as the betag_aggregation var says).
 
 with
 
 generations as (
 
-    select * from {{ ref('int_betag_generations_selected') }}
+    select * from {{ ref('int_betag_tags_ranked') }}
 
 ),
 
