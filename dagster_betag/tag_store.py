@@ -126,10 +126,13 @@ def base_tags_to_prompt(layout: WarehouseLayout) -> dict[str, list[str]]:
     return {item_id: list(tags) for item_id, tags in rows}
 
 
-def behavior_targets(layout: WarehouseLayout, max_tags: int | None = None) -> dict[str, list[str]]:
+def behavior_targets(
+    layout: WarehouseLayout, max_tags: int | None = None, weighting: str = "transitions"
+) -> dict[str, list[str]]:
     """item id -> its behavior target (``llm/fit.py``): the current base tags of its train
-    successors, weighted by transitions."""
-    return fit.behavior_targets(train_successors(layout.database_path), current_base_tags(layout), max_tags)
+    successors, weighted by transitions (and with ``transitions_idf`` by their rarity)."""
+    successors = train_successors(layout.database_path)
+    return fit.behavior_targets(successors, current_base_tags(layout), max_tags, weighting=weighting)
 
 
 def adapter_manifest(pointer: Mapping[str, object] | None) -> dict:

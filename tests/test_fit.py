@@ -20,6 +20,17 @@ def test_behavior_targets_weigh_successor_tags_by_transitions():
     assert "d" not in targets and "c" not in targets
 
 
+def test_idf_weighted_targets_prefer_the_rarer_successor_tags():
+    tags = {"a": ["x", "common"], "b": ["common", "rare"], "c": ["common", "x"], "d": ["common"]}
+    successors = {"a": [("b", 1), ("c", 1), ("d", 1)]}
+    # by transitions, the tag all three successors hold comes first
+    assert behavior_targets(successors, tags)["a"][0] == "common"
+    # idf: common ln(4/4) = 0, rare ln(4/1), x ln(4/2)
+    assert behavior_targets(successors, tags, weighting="transitions_idf")["a"] == ["rare", "x", "common"]
+    with pytest.raises(ValueError, match="unknown target weighting"):
+        behavior_targets(successors, tags, weighting="lift")
+
+
 def test_in_sample_fit_and_input_sensitivity_with_their_references():
     generated = {"a": [["z", "q"], ["y"]], "b": [["q"]], "c": [["z", "q"]]}
     base = {"a": ["x", "y"], "b": ["y", "z"], "c": ["z", "w"]}

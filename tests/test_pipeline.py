@@ -205,6 +205,10 @@ def test_every_kcore_item_gets_base_tags_and_betags_with_all_beams(built):
     assert sorted(group_0) == [("neither", n_kcore, n_kcore), ("one_beam", n_kcore, n_kcore)]
     betags = next(m for m in result.asset_materializations_for_node("llm__betags"))
     assert betags.metadata["one_beam/from_first_group_of_a_diverse_decode"].value is True
+    # does the decode carry behavior: every decoded item measured, each share in [0, 1]
+    assert betags.metadata["fit/n_items"].value == n_kcore
+    for name in ("in_sample_fit", "in_sample_fit_of_base_tags", "in_sample_fit_of_other_items", "beam_jaccard"):
+        assert 0 <= betags.metadata[f"fit/{name}"].value <= 1, name
     adapter = next(m for m in result.asset_materializations_for_node("llm__behavior_adapter"))
     assert (Path(adapter.metadata["folder"].value) / "adapter_model.safetensors").exists()
     assert "data:image/png;base64" in adapter.metadata["loss_curve"].value

@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from dagster_betag.knobs import knob
+from dagster_betag.llm.fit import TARGET_WEIGHTINGS
 from dagster_betag.llm.behavior import (
     DEFAULT_ITEM_WRITING,
     ITEM_WRITINGS,
@@ -312,6 +313,12 @@ class LoraConfig:
     max_length: int = knob(384, "Tokens per example at most; the oldest context items are dropped first.")
     min_tag_share: float = knob(0.8, "Each item keeps a random min_tag_share-100 % of its tags per epoch.")
     max_answer_tags: int = knob(8, "Tags per answer at most: as many as a BETag beam may write (max_tags_per_beam).")
+    target_weighting: str = knob(
+        "transitions",
+        "How the behavior target that per-item examples answer with weighs its successors' tags (llm/fit.py): "
+        "transitions; transitions_idf, times ln(N / items whose base tags hold the tag), so generic tags stop "
+        "filling every target. The fit curve measures against these targets.",
+    )
     item_writing: str = knob(
         DEFAULT_ITEM_WRITING,
         "How the behavior prompt writes an item, in finetuning and (read from the adapter) in BETag generation: "
@@ -334,6 +341,8 @@ class LoraConfig:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {self.compute_dtype!r}")
         item_writing_named(self.item_writing)
+        if self.target_weighting not in TARGET_WEIGHTINGS:
+            raise ValueError(f"target_weighting must be one of {', '.join(TARGET_WEIGHTINGS)}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError("early_stopping_patience must be at least 1 (or null)")
 

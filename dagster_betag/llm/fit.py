@@ -4,7 +4,10 @@ behavior they were meant to learn, each beside the reference that makes it reada
 *Behavior targets.* For an item i with train successors j (``n_ij`` transitions i → j), a
 tag's behavior score is ``score_i(t) = sum_j n_ij * [t in base_tags(j)]``; the item's target
 ``T_i`` is its ``max_tags`` best-scoring tags (ties: the order of first appearance, successors
-most frequent first). Per-item finetuning examples answer with ``T_i``.
+most frequent first). Per-item finetuning examples answer with ``T_i``. Weighted by
+``transitions_idf``, the score is ``score_i(t) * ln(N / df(t))`` (N items with base tags, df(t)
+those whose base tags hold t), so the tags every popular successor holds stop filling every
+item's target.
 
 *In-sample fit.* With ``G_i`` the union of item i's generated beams' tags,
 ``fit = mean_i |T_i ∩ G_i| / |T_i|`` over the items with a target. Beside it: the same share
@@ -18,25 +21,41 @@ tags. Beams that ignore their input overlap far more than the inputs do.
 
 from __future__ import annotations
 
+import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 Successors = Mapping[str, Sequence[tuple[str, int]]]  # item -> (next item, transitions), most first
 
+# how a behavior target weighs a successor tag (module docstring)
+TARGET_WEIGHTINGS = ("transitions", "transitions_idf")
+
 
 def behavior_targets(
-    successors: Successors, tags_by_item: Mapping[str, Sequence[str]], max_tags: int | None = None
+    successors: Successors,
+    tags_by_item: Mapping[str, Sequence[str]],
+    max_tags: int | None = None,
+    *,
+    weighting: str = "transitions",
 ) -> dict[str, list[str]]:
     """item -> ``T_i``, for every item with at least one tagged successor (module docstring);
     ``max_tags`` None keeps every successor tag, best first."""
+    if weighting not in TARGET_WEIGHTINGS:
+        raise ValueError(f"unknown target weighting {weighting!r}; use one of {', '.join(TARGET_WEIGHTINGS)}")
+    idf: dict[str, float] = {}
+    if weighting == "transitions_idf":
+        tagged = [set(tags) for tags in tags_by_item.values() if tags]
+        df = Counter(tag for tags in tagged for tag in tags)
+        idf = {tag: math.log(len(tagged) / n) for tag, n in df.items()}
     targets = {}
     for item_id, nexts in successors.items():
-        score: dict[str, int] = {}
+        score: dict[str, float] = {}
         for next_item_id, n_transitions in nexts:
             for tag in dict.fromkeys(tags_by_item.get(next_item_id, ())):
-                score[tag] = score.get(tag, 0) + n_transitions
+                score[tag] = score.get(tag, 0) + n_transitions * idf.get(tag, 1.0)
         if score:
             first_seen = {tag: order for order, tag in enumerate(score)}
             targets[item_id] = sorted(score, key=lambda tag: (-score[tag], first_seen[tag]))[:max_tags]

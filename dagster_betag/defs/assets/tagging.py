@@ -387,7 +387,7 @@ def behavior_adapter(
     layout = warehouse.layout
     lora = to_dataclass(config, LoraConfig)
     tags = tag_store.current_base_tags(layout)
-    targets = tag_store.behavior_targets(layout, lora.max_answer_tags)
+    targets = tag_store.behavior_targets(layout, lora.max_answer_tags, lora.target_weighting)
     titles = item_titles(layout.database_path) if item_writing_named(lora.item_writing).with_title else None
     examples = pl.read_parquet(tag_store.finetune_examples_path(layout))
     windows = Window.from_frame(examples)
