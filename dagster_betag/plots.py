@@ -26,11 +26,14 @@ def loss_curve_png(step_losses: Sequence[float], validation_before: float, valid
 
 
 def fit_curve_png(epochs: Sequence[Mapping[str, float]], best_epoch: int) -> bytes:
-    """The fit curve: in-sample fit (and the beams' pairwise Jaccard) against epochs, with the
-    validation loss on a second axis; epoch 0 is before training."""
+    """The fit curve: in-sample fit, the same share in another item's beams (the gap between the
+    two is what the model learned about *this* item) and the beams' pairwise Jaccard against
+    epochs, with the validation loss on a second axis; epoch 0 is before training."""
     figure, axes = plt.subplots(figsize=(6, 3.4), dpi=100)
     x = [record["epoch"] for record in epochs]
     axes.plot(x, [record["in_sample_fit"] for record in epochs], marker="o", label="in-sample fit")
+    other = [record["in_sample_fit_of_other_items"] for record in epochs]
+    axes.plot(x, other, marker="o", linestyle=":", color="C0", label="... in another item's beams")
     axes.plot(x, [record["beam_jaccard"] for record in epochs], marker="s", label="beam Jaccard across items")
     axes.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
     axes.set_xlabel("epoch")

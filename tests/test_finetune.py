@@ -234,7 +234,7 @@ def test_early_stopping_keeps_the_best_epoch_and_the_fit_curve_is_recorded(tiny_
     epochs = artifact.manifest["epochs"]
     best = artifact.manifest["best_epoch"]
     losses = [record["validation_loss"] for record in epochs]
-    assert epochs[0]["epoch"] == 0 and {"in_sample_fit", "beam_jaccard", "n_fit_items"} <= set(epochs[0])
+    assert epochs[0]["epoch"] == 0 and {"in_sample_fit", "in_sample_fit_of_other_items", "beam_jaccard", "n_fit_items"} <= set(epochs[0])
     assert epochs[0]["n_fit_items"] == 3 and artifact.fit_png and (artifact.folder / "fit_curve.png").is_file()
     assert losses[best] == min(losses) == artifact.manifest["validation_loss_after"]
     # stopped one epoch after the best, unless the best was the last allowed

@@ -43,6 +43,9 @@ def plain_values(metadata: Mapping[str, object], prefix: str) -> dict:
     return {f"{prefix}/{key}": value for key, value in metadata.items() if not isinstance(value, MetadataValue)}
 
 
+FIT_CURVE_MEASURES = ("in_sample_fit", "in_sample_fit_of_other_items", "beam_jaccard")
+
+
 def epochs_metadata(epochs: Sequence[Mapping[str, float]]) -> dict:
     """An adapter's per-epoch records (epoch 0: before training): the validation loss and, with
     a fit curve, the in-sample fit and beam Jaccard, as a table and as before/after figures."""
@@ -53,8 +56,8 @@ def epochs_metadata(epochs: Sequence[Mapping[str, float]]) -> dict:
     before, after = epochs[0], epochs[-1]
     return {
         "epochs": MetadataValue.md(markdown_table(columns, rows)),
-        **{f"{name}_before": before[name] for name in ("in_sample_fit", "beam_jaccard") if name in before},
-        **{f"{name}_last_epoch": after[name] for name in ("in_sample_fit", "beam_jaccard") if name in after},
+        **{f"{name}_before": before[name] for name in FIT_CURVE_MEASURES if name in before},
+        **{f"{name}_last_epoch": after[name] for name in FIT_CURVE_MEASURES if name in after},
     }
 
 

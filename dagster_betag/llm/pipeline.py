@@ -253,7 +253,8 @@ def _fit_probe(
 ) -> Callable[[object], dict]:
     """``train_lora``'s ``on_epoch``: decodes ``config.fit_curve_items`` training items (context
     items of train examples with a behavior target, chosen by a hash of their id) with
-    ``FIT_CURVE_DECODING`` and measures the in-sample fit and the beams' pairwise Jaccard."""
+    ``FIT_CURVE_DECODING`` and measures the in-sample fit, the same share in another item's beams
+    (what the model writes whatever the item) and the beams' pairwise Jaccard."""
     seen = {
         item for window in windows if not window.is_validation for item in window.context_item_ids
         if targets_by_item.get(item)
@@ -267,7 +268,12 @@ def _fit_probe(
             titles=titles if with_title else None,
         )  # fmt: skip
         fit = measure_fit({r.item_id: r.beam_tags for r in results}, tags_by_item, targets_by_item)
-        return {"in_sample_fit": fit.in_sample_fit, "beam_jaccard": fit.beam_jaccard, "n_fit_items": fit.n_items}
+        return {
+            "in_sample_fit": fit.in_sample_fit,
+            "in_sample_fit_of_other_items": fit.in_sample_fit_of_other_items,
+            "beam_jaccard": fit.beam_jaccard,
+            "n_fit_items": fit.n_items,
+        }
 
     return probe
 
