@@ -221,7 +221,8 @@ def decode_variant(
     pointer = tag_store.current_adapter(layout)
     # the base model's ablations are prompted as the adapter was trained, so they differ by the finetuning only
     writing = tag_store.adapter_item_writing(tag_store.adapter_manifest(pointer))
-    titles = item_titles(layout.database_path) if writing.with_title else None
+    # a variant read off another's group 0 decodes nothing, so it needs no prompt text
+    titles = item_titles(layout.database_path) if writing.with_title and first_group_of is None else None
     if variant.finetuned:
         if pointer is None:
             raise FileNotFoundError(
@@ -352,13 +353,15 @@ def tag_vocabulary(context: AssetExecutionContext, config: TagVocabularyRunConfi
 )
 def finetune_examples(context: AssetExecutionContext, config: FinetuneExamplesRunConfig, warehouse: WarehouseResource):
     layout = warehouse.layout
+    window_config = to_dataclass(config, WindowConfig)
     tags = tag_store.current_base_tags(layout)
     windows = build_windows(
         behavior_sessions(layout.database_path),
         set(tags),
-        to_dataclass(config, WindowConfig),
+        window_config,
         session_recency(layout.database_path),
-        tag_store.behavior_targets(layout),
+        # only per-item examples need the targets (which items have behavior)
+        tag_store.behavior_targets(layout) if window_config.examples != "windows" else None,
     )
     frame = Window.to_frame(windows)
     path = tag_store.write_frame(tag_store.finetune_examples_path(layout), frame)
@@ -387,10 +390,12 @@ def behavior_adapter(
     layout = warehouse.layout
     lora = to_dataclass(config, LoraConfig)
     tags = tag_store.current_base_tags(layout)
-    targets = tag_store.behavior_targets(layout, lora.max_answer_tags, lora.target_weighting)
     titles = item_titles(layout.database_path) if item_writing_named(lora.item_writing).with_title else None
     examples = pl.read_parquet(tag_store.finetune_examples_path(layout))
     windows = Window.from_frame(examples)
+    # the behavior targets answer per-item examples and are what the fit curve measures against
+    needs_targets = lora.fit_curve_items > 0 or any(window.is_item_target for window in windows)
+    targets = tag_store.behavior_targets(layout, lora.max_answer_tags, lora.target_weighting) if needs_targets else {}
     data_fingerprint = stable_hash(
         examples.hash_rows().sum(), sorted(tags.items()), sorted(targets.items()), titles and sorted(titles.items()),
         length=12,
