@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dagster_betag.knobs import knob
+from dagster_betag.llm.kv_cache import make_growing
 from dagster_betag.llm.prefix import repeated_cache
 from dagster_betag.llm.rules import LogitsRule
 
@@ -266,7 +267,7 @@ def _prefill(
     origin = torch.arange(n_items, device=input_ids.device).repeat_interleave(copies)  # (N*G*B,)
     if contrastive:
         origin = torch.cat([origin, origin.new_full(origin.shape, n_items)])  # (2*N*G*B,)
-    cache = out.past_key_values
+    cache = make_growing(out.past_key_values)  # the model made it when there is no prefix
     cache.reorder_cache(origin)
     log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (N (+ 1), V)
     return log_probs[origin], cache  # (R, V)

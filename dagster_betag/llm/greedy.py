@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
+from dagster_betag.llm.kv_cache import make_growing
 from dagster_betag.llm.prefix import prefixed_batch, repeated_cache
 from dagster_betag.llm.rules.entries import EnoughTags, EntryTracker, LowercaseOnly, RepetitionBan
 from dagster_betag.llm.tokens import TokenTable, end_of_turn_ids
@@ -117,6 +118,6 @@ def generate_batch(
         else:
             sequences = output.sequences
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], new_tokens)], dim=1)
-        cache = output.past_key_values
+        cache = make_growing(output.past_key_values)  # the cache generate() made itself, without a prefix
         chunk = later_chunks
     return tokenizer.batch_decode(answers, skip_special_tokens=True)

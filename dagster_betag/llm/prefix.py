@@ -12,6 +12,7 @@ import copy
 
 import torch
 
+from dagster_betag.llm.kv_cache import make_growing
 
 MIN_SHARED_PREFIX = 8  # tokens: a shorter shared prefix is not worth a cache
 
@@ -55,10 +56,11 @@ def prefix_cache(model, prefix_ids: list[int]):
 
 
 def repeated_cache(cache, rows: int):
-    """A copy of a one-row cache for ``rows`` rows (the shared one stays untouched)."""
+    """A copy of a one-row cache for ``rows`` rows (the shared one stays untouched), growing in
+    place as generation appends to it (``llm/kv_cache.py``)."""
     copied = copy.deepcopy(cache)
     copied.batch_repeat_interleave(rows)
-    return copied
+    return make_growing(copied)
 
 
 def prefixed_batch(
