@@ -71,13 +71,18 @@ def test_a_step_writes_into_the_buffer_instead_of_copying_the_cache():
         assert layer.get_seq_length() == 48
 
 
-def test_make_growing_converts_only_plain_dynamic_layers():
+def test_make_growing_converts_only_plain_dynamic_layers_and_sets_their_room():
     cache = DynamicCache()
     cache.update(*_states(1, 3, 0), layer_idx=0)
-    make_growing(cache)
-    assert type(cache.layers[0]) is GrowingLayer
-    cache.update(*_states(1, 2, 1), layer_idx=1)  # a layer added lazily grows too
-    assert type(cache.layers[1]) is GrowingLayer
+    cache.layers.append(_Sliding())
+    make_growing(cache, room=5)
+    assert type(cache.layers[0]) is GrowingLayer and type(cache.layers[1]) is _Sliding
+    cache.update(*_states(1, 2, 1), layer_idx=0)
+    assert cache.layers[0].key_buffer.shape[2] == 3 + 2 + 5
+
+
+class _Sliding(DynamicLayer):
+    """Stands for any layer kind other than the plain dynamic one."""
 
 
 @pytest.fixture
@@ -86,7 +91,7 @@ def plain_caches(monkeypatch):
 
     def use(plain: bool) -> None:
         for module in (prefix, greedy, decoding):
-            monkeypatch.setattr(module, "make_growing", (lambda cache: cache) if plain else make_growing)
+            monkeypatch.setattr(module, "make_growing", (lambda cache, room: cache) if plain else make_growing)
 
     return use
 

@@ -151,7 +151,9 @@ def diverse_beam_search(
     copies = config.num_groups * config.beams_per_group
     prompts = (input_ids, contrast_ids) if contrastive else (input_ids,)
     masks = (attention_mask, contrast_mask) if contrastive else (attention_mask,)
-    log_probs, cache = _prefill(model, torch.cat(prompts), torch.cat(masks), copies, prefix_cache, contrastive)
+    log_probs, cache = _prefill(
+        model, torch.cat(prompts), torch.cat(masks), copies, prefix_cache, contrastive, config.max_new_tokens
+    )
     # (n*G*B,) where each beam's history sits in the cache (its item row), -1 for none
     cache_row = torch.arange(input_ids.shape[0] * copies, device=input_ids.device)
     for step in range(config.max_new_tokens):
@@ -244,12 +246,13 @@ class _Search:
 
 
 def _prefill(
-    model, input_ids, attention_mask, copies: int, prefix_cache, contrastive: bool
+    model, input_ids, attention_mask, copies: int, prefix_cache, contrastive: bool, room: int
 ) -> tuple[torch.Tensor, Cache]:
     """Run each prompt once, then give each of its `copies` beams a copy of the cache (they all share it).
 
     `input_ids` (N, P), or (N + 1, P) when `contrastive`: the contrast prompt last, whose row every beam of every
-    prompt gets a copy of too, after the item rows. Returns (R, V) log-probs and the cache of R rows."""
+    prompt gets a copy of too, after the item rows. Returns (R, V) log-probs and the cache of R rows, with room
+    for `room` more tokens per row."""
     position_ids = attention_mask.long().cumsum(-1) - 1  # (N, P) as transformers does for left padding
     position_ids = position_ids.masked_fill(attention_mask == 0, 1)
     done = 0 if prefix_cache is None else prefix_cache.get_seq_length()  # Q prompt tokens already cached
@@ -259,7 +262,7 @@ def _prefill(
         input_ids=input_ids[:, done:],
         attention_mask=attention_mask,
         position_ids=position_ids[:, done:],
-        past_key_values=repeated_cache(prefix_cache, input_ids.shape[0]) if done else None,
+        past_key_values=repeated_cache(prefix_cache, input_ids.shape[0], room) if done else None,
         use_cache=True,
         **_last_logits_only(model),
     )
@@ -267,7 +270,7 @@ def _prefill(
     origin = torch.arange(n_items, device=input_ids.device).repeat_interleave(copies)  # (N*G*B,)
     if contrastive:
         origin = torch.cat([origin, origin.new_full(origin.shape, n_items)])  # (2*N*G*B,)
-    cache = make_growing(out.past_key_values)  # the model made it when there is no prefix
+    cache = make_growing(out.past_key_values, room)  # the model made it when there is no prefix
     cache.reorder_cache(origin)
     log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (N (+ 1), V)
     return log_probs[origin], cache  # (R, V)

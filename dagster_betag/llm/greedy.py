@@ -63,7 +63,7 @@ def generate_batch(
     )
     processors = [LowercaseOnly(table)] if config.lowercase_only else []
     processors.append(repetition_ban(tracker, config))
-    cache = None if shared_cache is None else repeated_cache(shared_cache, len(suffixes))
+    cache = None if shared_cache is None else repeated_cache(shared_cache, len(suffixes), config.max_new_tokens)
 
     prompt_length = input_ids.shape[1]
     answers: list[list[int]] = [[] for _ in suffixes]
@@ -118,6 +118,7 @@ def generate_batch(
         else:
             sequences = output.sequences
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], new_tokens)], dim=1)
-        cache = make_growing(output.past_key_values)  # the cache generate() made itself, without a prefix
+        # without a prefix, the cache generate() made itself
+        cache = make_growing(output.past_key_values, config.max_new_tokens - generated)
         chunk = later_chunks
     return tokenizer.batch_decode(answers, skip_special_tokens=True)

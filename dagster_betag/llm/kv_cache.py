@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-HEADROOM = 64  # tokens of room a new buffer gets: base tags stop within 64 new tokens, BETags within 32, so a decode
-# allocates once after its prompt; a longer one re-allocates every 64 tokens, still T / 64 copies rather than T
+DEFAULT_ROOM = 64  # tokens of room a buffer gets beyond what it holds, unless the caller knows better
 
 
 class GrowingLayer(DynamicLayer):
@@ -30,6 +29,7 @@ class GrowingLayer(DynamicLayer):
 
     key_buffer: torch.Tensor | None = None  # (rows, kv_heads, capacity, head_dim)
     value_buffer: torch.Tensor | None = None
+    room: int = DEFAULT_ROOM  # spare tokens a new buffer gets: a decode's max_new_tokens allocates once per prompt
 
     def _owns_tensors(self) -> bool:
         """Whether ``keys``/``values`` are still views of the start of this layer's buffers (tested on
@@ -47,7 +47,7 @@ class GrowingLayer(DynamicLayer):
         (rows, kv_heads, new, head_dim) gives the shape of a row where nothing is cached yet."""
         cached = self.get_seq_length()
         rows, heads, _, width = (self.keys if cached else like).shape
-        capacity = length + HEADROOM
+        capacity = length + self.room
         key_buffer = like.new_empty((rows, heads, capacity, width))
         value_buffer = like.new_empty((rows, heads, capacity, self.values.shape[-1] if cached else width))
         if cached:
@@ -90,13 +90,17 @@ class GrowingLayer(DynamicLayer):
             super().reorder_cache(beam_idx)
 
 
-def make_growing(cache: Cache) -> Cache:
-    """Turn the plain dynamic layers of ``cache`` (and the layers it will add lazily) into
-    ``GrowingLayer``s, in place; other layer kinds (sliding windows, static, quantized) stay
-    as they are. Returns ``cache``."""
+def make_growing(cache: Cache, room: int = DEFAULT_ROOM) -> Cache:
+    """Turn the plain dynamic layers of ``cache`` into ``GrowingLayer``s with ``room`` spare
+    tokens per buffer, in place; other layer kinds (sliding windows, static, quantized) stay as
+    they are. Returns ``cache``.
+
+    ``room`` = the tokens a decode will still append (its max_new_tokens) allocates each buffer
+    once; a decode that goes on longer re-allocates every ``room`` tokens, still far fewer
+    copies than one per step."""
     for layer in cache.layers:
         if type(layer) is DynamicLayer:
             layer.__class__ = GrowingLayer
-    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
-        cache.layer_class_to_replicate = GrowingLayer
+        if isinstance(layer, GrowingLayer):
+            layer.room = room
     return cache

@@ -55,12 +55,12 @@ def prefix_cache(model, prefix_ids: list[int]):
     return model(input_ids=ids, use_cache=True).past_key_values
 
 
-def repeated_cache(cache, rows: int):
+def repeated_cache(cache, rows: int, room: int):
     """A copy of a one-row cache for ``rows`` rows (the shared one stays untouched), growing in
-    place as generation appends to it (``llm/kv_cache.py``)."""
+    place as generation appends up to ``room`` tokens to it (``llm/kv_cache.py``)."""
     copied = copy.deepcopy(cache)
     copied.batch_repeat_interleave(rows)
-    return make_growing(copied)
+    return make_growing(copied, room)
 
 
 def prefixed_batch(
