@@ -181,12 +181,12 @@ def write_frame(path: Path, frame: pl.DataFrame) -> Path:
 
 def write_adapter_pointer(layout: WarehouseLayout, pointer: Mapping[str, object]) -> None:
     """The adapter the BETags decode with (the weekly re-finetune compares its
-    ``n_train_interactions`` with the behavior that arrived since)."""
+    ``n_learnable_train_interactions`` with the learnable behavior that arrived since)."""
     with replacing(layout.landing_dir / CURRENT_ADAPTER_FILE) as temporary:
         temporary.write_text(json.dumps(dict(pointer)) + "\n")
 
 
 def current_adapter(layout: WarehouseLayout) -> dict | None:
-    """The pointer the behavior adapter asset writes: adapter id, folder, train interactions it saw."""
+    """The pointer the behavior adapter asset writes: adapter id, folder, learnable train interactions it saw."""
     path = layout.landing_dir / CURRENT_ADAPTER_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -17,6 +17,8 @@ from dagster import DagsterInstance, RunRequest, SkipReason, build_schedule_cont
 
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
+from dagster_betag.refresh import behavior_growth
+from dagster_betag.warehouse import WarehouseLayout, summarize
 from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
 from tests.synthetic import write_synthetic_movielens
 
@@ -164,7 +166,11 @@ def test_weekly_refinetune_runs_only_when_enough_behavior_arrived(catalog, monke
     monkeypatch.setenv("BETAG_REFINETUNE_MIN_NEW_INTERACTIONS", "1")
     with build_schedule_context(resources={"warehouse": resource}) as context:
         skipped = weekly_refinetune(context)
-    assert isinstance(skipped, SkipReason) and "0 new train interactions" in skipped.skip_message
+    assert isinstance(skipped, SkipReason) and "0 new learnable train interactions" in skipped.skip_message
+    # what the adapter learned from is the learnable behavior, not interactions with new items
+    counts = summarize(WarehouseLayout(warehouse).database_path)
+    assert behavior_growth(WarehouseLayout(warehouse)).n_learnable_now == counts["learnable_train_interactions"]
+    assert counts["learnable_train_interactions"] < counts["train_interactions"]
 
     monkeypatch.setenv("BETAG_REFINETUNE_MIN_NEW_INTERACTIONS", "0")
     with build_schedule_context(resources={"warehouse": resource}) as context:

@@ -54,10 +54,12 @@ def build_schedules() -> list[ScheduleDefinition]:
         growth, threshold = behavior_growth(warehouse.layout), settings.refinetune_threshold()
         if not growth.warrants_refinetune(threshold):
             return SkipReason(
-                f"{growth.n_new} new train interactions since adapter {growth.adapter_id} "
+                f"{growth.n_new} new learnable train interactions since adapter {growth.adapter_id} "
                 f"(threshold {threshold}); not finetuning again"
             )
-        context.log.info(f"{growth.n_new} new train interactions since adapter {growth.adapter_id}: finetuning again")
+        context.log.info(
+            f"{growth.n_new} new learnable train interactions since adapter {growth.adapter_id}: finetuning again"
+        )
         return refresh_run_request(REFINETUNE_OPS, launched_by="weekly_refinetune")
 
     return [daily_catalog_refresh, weekly_refinetune]

@@ -54,7 +54,7 @@ from dagster_betag.llm.prompts import BASE_TAG_PROMPT_VERSION, DEFAULT_FEW_SHOT,
 from dagster_betag.llm.variants import ABLATIONS, FULL_BETAG, BetagVariant, diverse_twin, variant_named
 from dagster_betag.llm.vocabulary import VocabularyConfig, build_tag_map
 from dagster_betag.plots import markdown_image
-from dagster_betag.refresh import train_interaction_count
+from dagster_betag.refresh import ADAPTER_LEARNABLE_COUNT, learnable_interaction_count
 from dagster_betag.shards import RunCounts, ShardedTable, item_shard_of
 from dagster_betag.warehouse import (
     WarehouseLayout,
@@ -416,7 +416,7 @@ def behavior_adapter(
         {
             "adapter_id": artifact.adapter_id,
             "folder": str(artifact.folder),
-            "n_train_interactions": train_interaction_count(layout),
+            ADAPTER_LEARNABLE_COUNT: learnable_interaction_count(layout),
         },
     )
     manifest = artifact.manifest
