@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from dagster_betag.evaluation.data import PAIRED_SCHEMA, EvalData, EvaluationInputError, ItemBeams, RunResults, UserSequence
+from dagster_betag.evaluation.metrics import METRICS
 from dagster_betag.evaluation.report import (
     PairedEstimate,
     Verdict,
@@ -92,17 +93,20 @@ def cells(per_source: dict[str, float]) -> dict[tuple[str, str, str], float]:
 
 
 def paired(
-    differences: dict[tuple[str, str, str, str], float], *, std_error: float | None = 0.01, n_users: int = 10, bucket: str = "all"
+    differences: dict[tuple[str, str, str, str], float], *, std_error: float | None = 0.01, n_users: int = 10,
+    bucket: str = "all", h_at_10: float | None = None,
 ) -> pl.DataFrame:
-    """Test-split, full-ranking N@10 rows of marts.eval_paired_differences for (method,
-    setting, a, b) cells."""
+    """Test-split, full-ranking rows of marts.eval_paired_differences for (method, setting, a,
+    b) cells, the same difference for H@10 and N@10 unless ``h_at_10`` gives H@10's."""
     rows = [
         {
             "run_id": "r", "split": "test", "protocol": "full", "setting": setting, "method": method,
-            "tag_source_a": a, "tag_source_b": b, "bucket": bucket, "metric": "N@10", "seed": 0,
-            "mean_difference": difference, "std_error": std_error, "n_users": n_users, "n_a_better": 0, "n_b_better": 0,
+            "tag_source_a": a, "tag_source_b": b, "bucket": bucket, "metric": metric, "seed": 0,
+            "mean_difference": difference if metric == "N@10" or h_at_10 is None else h_at_10,
+            "std_error": std_error, "n_users": n_users, "n_a_better": 0, "n_b_better": 0,
         }
         for (method, setting, a, b), difference in differences.items()
+        for metric in METRICS
     ]  # fmt: skip
     return pl.DataFrame(rows, schema=PAIRED_SCHEMA)
 
@@ -131,10 +135,14 @@ def test_paired_verdict_needs_two_standard_errors_either_way():
 def test_betag_claim_holds_only_when_betag_is_two_paired_errors_ahead_everywhere():
     ahead = run(BETAG_BASE_NATIVE, {("betag", "base"): 0.1, ("betag", "native"): 0.05})
     claim = betag_comparison(ahead)
-    assert claim.verdict is Verdict.HOLDS and claim.holds and claim.table.count("| holds |") == 4
-    assert "| bm25 | user | Δ +0.1000 ±0.010 | Δ +0.0500 ±0.010 | holds |" in claim.table
-    assert "| method | setting | betag − base | betag − native | verdict |" in claim.table
+    assert claim.verdict is Verdict.HOLDS and claim.holds and claim.table.count("| holds |") == 8
+    assert "| bm25 | user | N@10 | Δ +0.1000 ±0.010 | Δ +0.0500 ±0.010 | holds |" in claim.table
+    assert "| bm25 | user | H@10 | Δ +0.1000 ±0.010 | Δ +0.0500 ±0.010 | holds |" in claim.table
+    assert "| method | setting | metric | betag − base | betag − native | verdict |" in claim.table
     assert "all users (10 users)" in claim.table and "Δ ≥ 2·SE" in claim.table
+    # H@10 counts as much as N@10: ahead on N@10 but behind on H@10 does not hold
+    hits_behind = run(BETAG_BASE_NATIVE, {("betag", "base"): 0.1, ("betag", "native"): 0.05}, h_at_10=-0.03)
+    assert betag_comparison(hits_behind).verdict is Verdict.DOES_NOT_HOLD
     # one cell within noise: not a pass, not a failure either
     noisy = ahead.paired.with_columns(
         pl.when((pl.col("method") == "birank") & (pl.col("tag_source_b") == "native"))
@@ -142,7 +150,7 @@ def test_betag_claim_holds_only_when_betag_is_two_paired_errors_ahead_everywhere
     )  # fmt: skip
     claim = betag_comparison(RunResults(ahead.results, noisy))
     assert claim.verdict is Verdict.WITHIN_NOISE and not claim.holds and claim.summary() == "within noise"
-    assert claim.table.count("| within noise |") == 2
+    assert claim.table.count("| within noise |") == 4
     # one cell two errors behind: does not hold, whatever the rest
     behind = noisy.with_columns(
         pl.when((pl.col("method") == "bm25") & (pl.col("setting") == "item") & (pl.col("tag_source_b") == "base"))
@@ -150,7 +158,7 @@ def test_betag_claim_holds_only_when_betag_is_two_paired_errors_ahead_everywhere
     )  # fmt: skip
     claim = betag_comparison(RunResults(ahead.results, behind))
     assert claim.verdict is Verdict.DOES_NOT_HOLD and claim.summary() == "does not hold"
-    assert "| bm25 | item | Δ -0.0300 ±0.010 | Δ +0.0500 ±0.010 | does not hold |" in claim.table
+    assert "| bm25 | item | N@10 | Δ -0.0300 ±0.010 | Δ +0.0500 ±0.010 | does not hold |" in claim.table
 
 
 def test_paired_cells_average_difference_and_error_over_seeds():
@@ -191,7 +199,7 @@ def test_a_claim_without_its_inputs_is_not_measured_never_failed():
     only_betag = ablation_order(run({"betag": 0.4, "base": 0.3}, {("betag", "base"): 0.1}))
     assert only_betag.verdict is Verdict.NOT_MEASURED and not only_betag.holds
     assert only_betag.summary() == "not measured (run with --ablations)"
-    assert "| bm25 | user | – | – | – | – | – |" in only_betag.table
+    assert "| bm25 | user | N@10 | – | – | – | – | – |" in only_betag.table
     # one ablation missing is as unmeasured as all three
     one_missing = {"betag": 0.4, "betag_no_finetune": 0.3, "betag_neither": 0.2}
     steps = {("betag", "betag_no_finetune"): 0.1, ("betag_no_finetune", "betag_neither"): 0.1}
@@ -201,10 +209,12 @@ def test_a_claim_without_its_inputs_is_not_measured_never_failed():
     gap = pairs({("betag", "base"): 0.1, ("betag", "native"): 0.1})
     del gap[("birank", "item", "betag", "native")]
     gapped = betag_comparison(RunResults(results(cells(BETAG_BASE_NATIVE)), paired(gap)))
-    assert gapped.summary() == "not measured (no paired differences for betag − native birank item)"
+    assert gapped.summary() == (
+        "not measured (no paired differences for betag − native birank item H@10, betag − native birank item N@10)"
+    )
     # a run evaluated before per-user rows were kept has results but no paired differences
     old_run = betag_comparison(RunResults(results(cells(BETAG_BASE_NATIVE)), paired({})))
-    assert old_run.verdict is Verdict.NOT_MEASURED and "no paired differences for betag − base bm25 user" in old_run.missing
+    assert old_run.verdict is Verdict.NOT_MEASURED and "no paired differences for betag − base bm25 user H@10" in old_run.missing
     # the rows are all users': none is in the cold bucket
     cold = cold_start_comparison(run({"betag": 0.3, "propagated": 0.2}, {("betag", "propagated"): 0.1}))
     assert cold.summary() == "not measured (no cold bucket: no test user's target is a cold item)"
@@ -290,4 +300,4 @@ def test_the_asset_check_of_an_unmeasured_claim_warns_that_it_was_not_measured(m
     result = checks.betag_beats_base_and_native(warehouse=WarehouseResource(directory=str(tmp_path)))
     assert not result.passed and result.description == "BETag ahead of base and native tags everywhere: within noise"
     assert result.metadata["verdict"].value == "within noise"
-    assert "| bm25 | user | Δ +0.0100 ±0.010 | Δ +0.0500 ±0.010 | within noise |" in result.metadata["comparison"].value
+    assert "| bm25 | user | N@10 | Δ +0.0100 ±0.010 | Δ +0.0500 ±0.010 | within noise |" in result.metadata["comparison"].value

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 CUTOFF = 10
+METRICS = (f"H@{CUTOFF}", f"N@{CUTOFF}")  # the metric names of eval_results and the paired mart
 
 
 def target_rank(scores: np.ndarray, target: int, masked: np.ndarray | None = None, candidates: np.ndarray | None = None) -> int:

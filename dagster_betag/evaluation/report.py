@@ -19,6 +19,7 @@ from itertools import combinations
 import polars as pl
 
 from dagster_betag.evaluation.data import RunResults
+from dagster_betag.evaluation.metrics import METRICS
 from dagster_betag.evaluation.recommenders import RECOMMENDERS
 from dagster_betag.evaluation.retrieval_methods import RETRIEVAL_METHODS, baseline_method_names, tag_method_names
 from dagster_betag.evaluation.runner import ALL_USERS, NEW_ITEMS, NO_TAGS, Evaluation, EvaluationConfig
@@ -178,7 +179,7 @@ def poster_tables(frame: pl.DataFrame, *, split: str = "test") -> str:
 
 
 def _table(title: str, frame: pl.DataFrame, methods: Sequence[str], sources: Sequence[str]) -> str:
-    columns = [(m, s, metric) for m in methods for s in ("user", "item") for metric in ("H@10", "N@10")]
+    columns = [(m, s, metric) for m in methods for s in ("user", "item") for metric in METRICS]
     rows, measured, tag_rows = [], [], []
     for source in sources:
         # a tag-free method's row shows its one value under every column's setting and metric
@@ -283,8 +284,8 @@ class ClaimResult:
 
 
 Pair = tuple[str, str]  # (a, b): the claim says a is better than b
-# one comparison of a claim: (method, setting, each pair's paired N@10 cell)
-ClaimRow = tuple[str, str, dict[Pair, PairedEstimate | None]]
+# one comparison of a claim: (method, setting, metric, each pair's paired cell)
+ClaimRow = tuple[str, str, str, dict[Pair, PairedEstimate | None]]
 
 
 def _claim(
@@ -293,8 +294,8 @@ def _claim(
     pairs: Sequence[Pair],
     hints: Mapping[str, str] | None = None,
 ) -> ClaimResult:
-    """Test that a beats b for every (a, b) of ``pairs`` on N@10 (test split, full ranking,
-    the users whose target is in ``bucket``), for every retrieval method and setting, by the
+    """Test that a beats b for every (a, b) of ``pairs`` on H@10 and N@10 (test split, full
+    ranking, the users whose target is in ``bucket``), for every retrieval method and setting, by the
     run's paired differences (marts.eval_paired_differences): each cell's verdict is
     ``PairedEstimate.verdict``, the claim's ``combined_verdict`` of them all. It is
     NOT_MEASURED when any cell is missing: the run's eval_results rows tell a source it did
@@ -306,24 +307,27 @@ def _claim(
         (pl.col("split") == "test") & (pl.col("protocol") == "full") & (pl.col("bucket") == bucket)
     )
     rows: list[ClaimRow] = [
-        (method, setting, {pair: paired_estimate(chosen, *pair, method, setting) for pair in pairs})
+        (method, setting, metric, {pair: paired_estimate(chosen, *pair, method, setting, metric) for pair in pairs})
         for method in tag_method_names()
         for setting in ("user", "item")
+        for metric in METRICS
     ]
     lines = [
-        "| method | setting | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " | verdict |",
-        "|---" * (3 + len(pairs)) + "|",
+        "| method | setting | metric | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " | verdict |",
+        "|---" * (4 + len(pairs)) + "|",
     ]
     decided = []
-    for method, setting, cells in rows:
+    for method, setting, metric, cells in rows:
         known = [cell for cell in cells.values() if cell is not None]
         verdict = combined_verdict(cell.verdict for cell in known) if len(known) == len(pairs) else None
         decided.append(verdict)
         mark = "–" if verdict is None else verdict.value
-        lines.append(f"| {method} | {setting} | " + " | ".join(_paired_cell(c) for c in cells.values()) + f" | {mark} |")
-    measured = [cell for _, _, cells in rows for cell in cells.values() if cell is not None]
+        lines.append(
+            f"| {method} | {setting} | {metric} | " + " | ".join(_paired_cell(c) for c in cells.values()) + f" | {mark} |"
+        )
+    measured = [cell for *_, cells in rows for cell in cells.values() if cell is not None]
     whose = "all users" if bucket == ALL_USERS else f"users whose target is a {bucket} item"
-    title = f"N@10 paired differences, test split, full ranking, {whose} ({_users(measured)})"
+    title = f"{' and '.join(METRICS)} paired differences, test split, full ranking, {whose} ({_users(measured)})"
     legend = (
         "Δ ±SE: the mean over users of m_u(a) − m_u(b) ± sd/√n of those differences (paired: both sources "
         f"ranked the same users); a cell holds when Δ ≥ {SEPARATION_IN_STD_ERRORS:g}·SE, does not hold when "
@@ -354,8 +358,8 @@ def _missing_inputs(
     absent = [source for source in sources if source not in evaluated]
     reasons = list(dict.fromkeys(hints.get(source, f"no {source} results") for source in absent))
     gaps = [
-        f"{a} − {b} {method} {setting}"
-        for method, setting, cells in rows
+        f"{a} − {b} {method} {setting} {metric}"
+        for method, setting, metric, cells in rows
         for (a, b), cell in cells.items()
         if cell is None and a not in absent and b not in absent
     ]
@@ -365,7 +369,7 @@ def _missing_inputs(
 
 
 def betag_comparison(run: RunResults, rivals: Sequence[str] = ("base", "native"), bucket: str = ALL_USERS) -> ClaimResult:
-    """Does BETag beat each rival on N@10, by two paired standard errors, for every retrieval
+    """Does BETag beat each rival on H@10 and N@10, by two paired standard errors, for every retrieval
     method and setting (test split, full ranking, the users whose target is in ``bucket``)?"""
     return _claim(run, bucket, [(FULL_BETAG.tag_source, rival) for rival in rivals])
 
@@ -384,7 +388,7 @@ def new_item_comparison(run: RunResults) -> ClaimResult:
 
 
 def ablation_order(run: RunResults) -> ClaimResult:
-    """The poster's Table 3 order on N@10: full BETag > without finetuning and > without
+    """The poster's Table 3 order on H@10 and N@10: full BETag > without finetuning and > without
     multi-beam, each of those > without both, each step by two paired standard errors (test
     split, full ranking, all users). Not measured unless the run decoded the ablations
     (``--ablations``)."""

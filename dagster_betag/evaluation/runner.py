@@ -24,7 +24,7 @@ from dagster_betag.evaluation.data import (
     load_tag_documents,
     load_tag_sources,
 )
-from dagster_betag.evaluation.metrics import CUTOFF, hit_at, ndcg_at
+from dagster_betag.evaluation.metrics import CUTOFF, METRICS, hit_at, ndcg_at
 from dagster_betag.evaluation.recommenders import RECOMMENDERS, recommender_named
 from dagster_betag.evaluation.retrieval import (
     PROTOCOLS,
@@ -176,7 +176,7 @@ def rank_rows(
         if chosen.size == 0:
             continue
         summary = summarize_ranks(chosen, CUTOFF)
-        for metric in (f"H@{CUTOFF}", f"N@{CUTOFF}"):
+        for metric in METRICS:
             rows.append(
                 ResultRow(
                     split, protocol, setting, method, tag_source, bucket, metric,
