@@ -18,7 +18,15 @@ from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, r
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
 from dagster_betag.knobs import knob_description
-from dagster_betag.llm.model import DEFAULT_MODEL, LLMConfig, LoadedLLM, ModelIdentity, load_llm, model_identity
+from dagster_betag.llm.model import (
+    DEFAULT_MODEL,
+    LLMConfig,
+    LoadedLLM,
+    ModelIdentity,
+    load_llm,
+    model_identity,
+    release_freed_memory,
+)
 from dagster_betag.llm.tagger import DeferredTagger, Tagger
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import WarehouseLayout
@@ -95,7 +103,9 @@ class LLMResource(ConfigurableResource):
 
     def load(self) -> LoadedLLM:
         """A fresh model each call: finetuning wraps the weights it is given, so no two
-        assets may share one in memory (reloading the cached safetensors takes < 1 s)."""
+        assets may share one in memory (reloading the cached safetensors takes < 1 s). The heap
+        the run's earlier stages freed goes back to the operating system first."""
+        release_freed_memory()
         return load_llm(self._config())
 
     def base_tagger(self, cache_dir: Path) -> Tagger:
