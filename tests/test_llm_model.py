@@ -355,6 +355,28 @@ def test_gguf_is_converted_once_to_safetensors(tmp_path, monkeypatch):
     assert again.fingerprint == llm.fingerprint
 
 
+def test_the_conversion_hands_its_models_heap_back_before_the_folder_is_loaded(tmp_path, monkeypatch):
+    """The first run converts inside its base-tag stage: the dequantized and the rebuilt model
+    must be garbage, and the heap trimmed, before that stage loads the folder and decodes."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    def live_models() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel)}
+
+    before = live_models()  # other tests' models, held by session fixtures
+    alive_at_release = []
+
+    def count_live_models():
+        alive_at_release.append(len(live_models() - before))
+
+    monkeypatch.setattr(llm_weights, "release_freed_memory", count_live_models)
+    llm = load_llm(LLMConfig(model=str(write_tiny_gguf(tmp_path / "tiny.gguf"))), cache_dir=tmp_path / "cache")
+    assert alive_at_release == [0]
+    assert isinstance(llm.model, PreTrainedModel)
+
 def test_gguf_file_inside_a_folder(tmp_path):
     (tmp_path / "weights").mkdir()
     write_tiny_gguf(tmp_path / "weights" / "tiny.gguf")

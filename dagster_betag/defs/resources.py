@@ -18,6 +18,7 @@ from dagster_betag.datasets import AUTO_FORMAT, FORMAT_CHOICES, LandedDataset, r
 from dagster_betag.defs.project import betag_dbt_project
 from dagster_betag.llm.api import DEFAULT_API_KEY_ENV, DEFAULT_MAX_CONCURRENCY, ApiConfig, ApiTagger
 from dagster_betag.knobs import knob_description
+from dagster_betag.llm.heap import release_freed_memory
 from dagster_betag.llm.model import (
     DEFAULT_MODEL,
     LLMConfig,
@@ -25,7 +26,6 @@ from dagster_betag.llm.model import (
     ModelIdentity,
     load_llm,
     model_identity,
-    release_freed_memory,
 )
 from dagster_betag.llm.tagger import DeferredTagger, Tagger
 from dagster_betag.locks import exclusive

@@ -34,8 +34,6 @@ safetensors or GGUF only, and nothing is fetched from a model hub (``local_files
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,22 +167,6 @@ def load_llm(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | Non
         device=str(device),
         quantization=quantization,
     )
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand the heap memory it frees back to the operating system.
-
-    A pipeline runs its stages in one process, and glibc keeps freed heap blocks for reuse: each
-    stage that loads a model would otherwise start from the previous stage's high-water mark of
-    fragmented heap. Only glibc has ``malloc_trim``; elsewhere this only collects garbage. The
-    collection takes about 0.3 s in a process that has imported Dagster, so a stage calls this
-    once before it loads its model, not every load."""
-    gc.collect()
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def model_identity(config: LLMConfig = LLMConfig(), cache_dir: str | os.PathLike | None = None) -> ModelIdentity:

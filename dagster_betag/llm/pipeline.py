@@ -21,7 +21,7 @@ from dagster_betag.llm.base_tags import BaseTagConfig, FewShot, catalog_attribut
 from dagster_betag.llm.behavior import item_writing_named
 from dagster_betag.llm.betag import BetagConfig, ItemBetags, WeightedTag, first_group, generate_betags
 from dagster_betag.llm.model import QUANTIZED_DTYPES, ModelError
-from dagster_betag.llm.hardware import release_freed_memory
+from dagster_betag.llm.heap import release_freed_memory
 from dagster_betag.llm.decoding import DiverseBeamConfig
 from dagster_betag.llm.finetune import LoraConfig, TrainingResult, Window, train_lora
 from dagster_betag.llm.fit import measure_fit

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dagster_betag.files import replacing
 from dagster_betag.hashing import file_sha256
+from dagster_betag.llm.heap import release_freed_memory
 
 FINGERPRINT_CHARS = 16
 # what the converted folder records about its source; written last, so its presence means "complete"
@@ -294,4 +295,8 @@ def _convert(gguf: Path, folder: Path, cache: Path, *, known_sha256: str | None 
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        # the dequantized GGUF and the rebuilt model are garbage now; the stage that converted
+        # goes on to load the folder and decode, so their heap goes back to the system first
+        del loaded, rebuilt
+        release_freed_memory()
     return folder
