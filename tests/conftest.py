@@ -43,12 +43,29 @@ hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
 SHARED_ML_LATEST_SMALL = settings.REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The heavy modules first: two workers take a file at a time (``--dist loadfile``), so the
+    long files start early and the workers finish together instead of one waiting on the other."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session")
 def dbt_manifest() -> Path:
-    """Parse the dbt project once (what `dagster dev` or `betag run` do before loading)."""
+    """Parse the dbt project once per test run (what `dagster dev` or `betag run` do before
+    loading). The workers of one run (pytest-xdist) share the project's target folder: the
+    first parses under a lock, the others find its stamp and read its manifest."""
+    from filelock import FileLock
+
     from dagster_betag.defs.project import betag_dbt_project
 
-    betag_dbt_project.preparer.prepare(betag_dbt_project)
+    target = betag_dbt_project.manifest_path.parent
+    target.mkdir(parents=True, exist_ok=True)
+    test_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of a run
+    stamp = target / "parsed-for-test-run"
+    with FileLock(target / "parse.lock"):
+        if test_run is None or not stamp.is_file() or stamp.read_text() != test_run:
+            betag_dbt_project.preparer.prepare(betag_dbt_project)
+            stamp.write_text(test_run or "")
     return betag_dbt_project.manifest_path
 
 
@@ -93,6 +110,16 @@ def tiny_model_dir(embedded_llm, tmp_path_factory) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def built_warehouse(defs, tiny_model_dir, tmp_path_factory):
+    """One whole-pipeline run over the synthetic dataset with the tiny model, per test process
+    (each pytest-xdist worker): the modules that read, copy or refresh a built warehouse share
+    it instead of running the pipeline once each (~90 s apiece on 2 cores)."""
+    from tests.runs import build_reference_warehouse
+
+    return build_reference_warehouse(defs, tmp_path_factory.mktemp("built"), tiny_model_dir)
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, ExecuteInProcessResult
 
 from dagster_betag import settings
 from dagster_betag.defs.partitions import every_item_shard
@@ -48,3 +50,30 @@ def build_synthetic_warehouse(defs, root: Path, model_dir: Path, *, adapters_dir
         result = run_pipeline(defs, SMALL_LLM_RUN)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return dataset, warehouse, result
+
+
+@dataclass(frozen=True)
+class BuiltWarehouse:
+    """What one whole-pipeline run over the synthetic dataset left: its dataset, warehouse,
+    adapters folder and run result. Shared by the modules of a test process, so never written:
+    a test that changes a warehouse or a dataset works on ``copy_to``'s copy."""
+
+    dataset: SyntheticMovieLens
+    warehouse: Path
+    adapters: Path
+    result: ExecuteInProcessResult
+
+    def copy_to(self, root: Path) -> tuple[Path, Path]:
+        """A copy of the dataset folder and the warehouse under ``root``: (dataset, warehouse).
+        The copy's adapter pointer still names the adapter under ``adapters``."""
+        dataset, warehouse = root / "dataset", root / "warehouse"
+        shutil.copytree(self.dataset.folder, dataset)
+        shutil.copytree(self.warehouse, warehouse)
+        return dataset, warehouse
+
+
+def build_reference_warehouse(defs, root: Path, model_dir: Path) -> BuiltWarehouse:
+    """The whole pipeline over a fresh synthetic dataset, with an adapters folder of its own (so
+    its adapter is trained, never found from another module's run)."""
+    dataset, warehouse, result = build_synthetic_warehouse(defs, root, model_dir, adapters_dir=root / "adapters")
+    return BuiltWarehouse(dataset, warehouse, root / "adapters", result)

@@ -51,6 +51,8 @@ from dagster_betag.datasets import DatasetError, read_dataset, read_manifest, wr
 from tests.conftest import BAD_INPUT_EXAMPLES
 from tests.synthetic import Event, reference_kcore, reference_sessions, write_synthetic_movielens
 
+pytestmark = pytest.mark.heavy
+
 DBT_VARS = yaml.safe_load((betag_settings.DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
 
 # --- layouts: which column of which file plays which role -----------------------------------------

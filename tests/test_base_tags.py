@@ -39,6 +39,8 @@ from dagster_betag.llm.tagger import BaseTagContext
 from tests.test_llm_model import build_tokenizer
 from tests.tiny_models import tiny_llama
 
+pytestmark = pytest.mark.heavy
+
 ITEMS = [
     ItemDescription("1", "Toy Story", None, {"year": ["1995"], "genre": ["Adventure", "Comedy"]}),
     ItemDescription("2", "Matrix", "A hacker learns the truth.", {"year": ["1999"], "genre": ["Action", "Sci-Fi"]}),

@@ -17,7 +17,7 @@ from tests.test_ui import free_port, running_webserver
 
 BETAG = Path(sys.executable).parent / "betag"
 # dagster_graphql's own client calls gql's deprecated keyword arguments, once per request
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
+pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")]
 
 RUNS_QUERY = """
 query {

@@ -10,7 +10,6 @@ rerun that resumes from the shards that were written.
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -24,31 +23,21 @@ from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.files import DiskFullError
 from dagster_betag.shards import QUARANTINED_SUFFIX
 from dagster_betag.warehouse import tagging_scope
-from tests.runs import build_synthetic_warehouse
 from tests.test_refresh import REFRESH_RUN, add_movies, metadata_of, query
+
+pytestmark = pytest.mark.heavy
 
 SHARD_SIZE = REFRESH_RUN["ops"]["llm__base_tags"]["config"]["shard_size"]
 
 
-@pytest.fixture(scope="module")
-def reference(defs, tiny_model_dir, tmp_path_factory):
-    """A warehouse built once by the whole pipeline; each test refreshes a copy of it."""
-    root = tmp_path_factory.mktemp("durability")
-    dataset, warehouse, _ = build_synthetic_warehouse(defs, root, tiny_model_dir, adapters_dir=root / "adapters")
-    return dataset.folder, warehouse, root / "adapters"
-
-
 @pytest.fixture
-def copy(reference, tiny_model_dir, tmp_path, monkeypatch):
-    """A copy of the reference dataset and warehouse, with the pipeline pointed at it."""
-    dataset_source, warehouse_source, adapters = reference
-    dataset, warehouse = tmp_path / "dataset", tmp_path / "warehouse"
-    shutil.copytree(dataset_source, dataset)
-    shutil.copytree(warehouse_source, warehouse)
+def copy(built_warehouse, tiny_model_dir, tmp_path, monkeypatch):
+    """A copy of the built dataset and warehouse, with the pipeline pointed at it: each test refreshes its own."""
+    dataset, warehouse = built_warehouse.copy_to(tmp_path)
     monkeypatch.setenv(settings.DATASET_ENV, str(dataset))
     monkeypatch.setenv(settings.WAREHOUSE_ENV, str(warehouse))
     monkeypatch.setenv(settings.MODEL_ENV, str(tiny_model_dir))
-    monkeypatch.setenv(settings.ADAPTERS_ENV, str(adapters))
+    monkeypatch.setenv(settings.ADAPTERS_ENV, str(built_warehouse.adapters))
     return dataset, warehouse
 
 

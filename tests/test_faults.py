@@ -23,19 +23,20 @@ from dagster_betag import settings
 from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.locks import exclusive
 from dagster_betag.warehouse import tagging_scope
-from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
+from tests.runs import SMALL_LLM_RUN
 from tests.test_refresh import REFRESH_RUN, add_movies
 from tests.test_ui import IN_PROCESS
+
+pytestmark = pytest.mark.heavy
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 TAG_OPS = {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm__betags")}
 
 
-@pytest.fixture(scope="module")
-def reference(defs, tiny_model_dir, tmp_path_factory):
-    """The unpartitioned run: every item shard in one in-process run of the whole pipeline."""
-    dataset, warehouse, _ = build_synthetic_warehouse(defs, tmp_path_factory.mktemp("faults"), tiny_model_dir)
-    return dataset.folder, warehouse, tiny_model_dir
+@pytest.fixture
+def reference(built_warehouse, tiny_model_dir):
+    """The unpartitioned run: every item shard in one in-process run of the whole pipeline (read only)."""
+    return built_warehouse.dataset.folder, built_warehouse.warehouse, tiny_model_dir
 
 
 def environment(dataset: Path, warehouse: Path, model: Path, dagster_home: Path, **extra: str) -> dict[str, str]:

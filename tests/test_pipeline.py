@@ -20,23 +20,21 @@ from dagster_betag.defs.resources import LLMResource
 from dagster_betag.evaluation.tag_sources import registered_paired_comparisons, tag_source_names
 from dagster_betag.hashing import stable_hash
 from dagster_betag.warehouse import fetch_rows, natively_tagged_items
-from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse, run_pipeline
+from tests.runs import SMALL_LLM_RUN, run_pipeline
 from tests.synthetic import (
     reference_kcore,
     reference_sessions,
     reference_split,
 )
 
+pytestmark = pytest.mark.heavy
 
 
 @pytest.fixture(scope="module")
-def built(defs, tiny_model_dir, tmp_path_factory):
+def built(built_warehouse):
     """One successful run over the synthetic dataset with the tiny model; tests read its warehouse."""
-    root = tmp_path_factory.mktemp("pipeline")
-    # its own adapters: this module checks when an adapter is trained and when it is found
-    dataset, _, result = build_synthetic_warehouse(defs, root, tiny_model_dir, adapters_dir=root / "adapters")
-    connection = duckdb.connect(str(root / "warehouse" / "betag.duckdb"), read_only=True)
-    yield dataset, result, connection
+    connection = duckdb.connect(str(built_warehouse.warehouse / "betag.duckdb"), read_only=True)
+    yield built_warehouse.dataset, built_warehouse.result, connection
     connection.close()
 
 
@@ -271,12 +269,12 @@ def test_evaluation_covers_every_source_method_setting_and_protocol(built):
     assert {p.name for p in charts.glob("*.png")} == {"n_at_10_by_method.png", "beam_count_curve.png", "tag_popularity.png"}
 
 
-def test_rerun_skips_items_already_tagged(built, defs, point_at, tiny_model_dir, monkeypatch):
-    dataset, first, _ = built
+def test_rerun_skips_items_already_tagged(built_warehouse, defs, point_at, tiny_model_dir, monkeypatch, tmp_path):
+    first = built_warehouse.result
     adapters = Path(first.asset_materializations_for_node("llm__behavior_adapter")[0].metadata["folder"].value).parent
     monkeypatch.setenv("BETAG_ADAPTERS_DIR", str(adapters))
-    warehouse = Path(first.asset_materializations_for_node("llm__finetune_examples")[0].metadata["path"].value).parents[1]
-    point_at(dataset.folder, warehouse, tiny_model_dir)
+    dataset, warehouse = built_warehouse.copy_to(tmp_path)  # other modules read the original
+    point_at(dataset, warehouse, tiny_model_dir)
     job = defs.resolve_job_def("betag_pipeline").get_subset(asset_selection={AssetKey(["llm", "base_tags"])})
     run_config = {"ops": {"llm__base_tags": SMALL_LLM_RUN["ops"]["llm__base_tags"]}}
     # nothing is left to tag, so the model's weights are never loaded (its identity keys the shards)

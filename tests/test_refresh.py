@@ -19,8 +19,10 @@ from dagster_betag.defs.partitions import every_item_shard
 from dagster_betag.defs.resources import DatasetResource, WarehouseResource
 from dagster_betag.refresh import behavior_growth
 from dagster_betag.warehouse import WarehouseLayout, summarize
-from tests.runs import SMALL_LLM_RUN, build_synthetic_warehouse
+from tests.runs import SMALL_LLM_RUN
 from tests.synthetic import write_synthetic_movielens
+
+pytestmark = pytest.mark.heavy
 
 REFRESH_RUN = {"ops": {name: SMALL_LLM_RUN["ops"][name] for name in ("llm__base_tags", "llm__betags")}}
 
@@ -60,14 +62,14 @@ def query(warehouse: Path, sql: str) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def catalog(defs, tiny_model_dir, tmp_path_factory):
-    """A warehouse built once by the whole pipeline (adapter included), then refreshed by the tests in order."""
-    dataset, warehouse, _ = build_synthetic_warehouse(defs, tmp_path_factory.mktemp("refresh"), tiny_model_dir)
+def catalog(built_warehouse, tiny_model_dir, tmp_path_factory):
+    """A copy of the built warehouse (adapter included), refreshed by the tests in order."""
+    dataset, warehouse = built_warehouse.copy_to(tmp_path_factory.mktemp("refresh"))
     with pytest.MonkeyPatch.context() as patch:  # the refreshes read the same folders
-        patch.setenv("BETAG_DATASET_DIR", str(dataset.folder))
+        patch.setenv("BETAG_DATASET_DIR", str(dataset))
         patch.setenv("BETAG_WAREHOUSE_DIR", str(warehouse))
         patch.setenv("BETAG_MODEL", str(tiny_model_dir))
-        yield dataset.folder, warehouse
+        yield dataset, warehouse
 
 
 def test_refresh_after_adding_20_items_tags_exactly_those_20(catalog, defs):

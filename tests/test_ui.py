@@ -29,7 +29,7 @@ from dagster_betag import settings
 from tests.synthetic import write_synthetic_movielens
 
 # dagster_graphql's own client calls gql's deprecated keyword arguments, once per request
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
+pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")]
 
 LOCATION = "dagster_betag"
 # the steps run inside the run worker: a subprocess per step would import the definitions
