@@ -475,3 +475,35 @@ def test_embedded_default_model_loads_and_answers():
         output = llm.model.generate(**ids, max_new_tokens=8, do_sample=False)
     answer = llm.tokenizer.decode(output[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_two_first_loads_at_once_convert_once(tmp_path, monkeypatch):
+    """Two test workers (or two shard runs) that start on an empty cache: the second waits
+    for the first's conversion and reads its folder instead of converting (and fetching) again."""
+    import threading
+    import time
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    real_convert = llm_weights._convert
+    conversions = []
+
+    def slow_convert(*args, **kwargs):
+        conversions.append(threading.get_ident())
+        time.sleep(1.0)  # long enough that the other loader arrives while this one converts
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(llm_weights, "_convert", slow_convert)
+    loaded = [None, None]
+
+    def load(slot: int) -> None:
+        loaded[slot] = load_llm(LLMConfig(model=str(gguf)), cache_dir=cache)
+
+    threads = [threading.Thread(target=load, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(conversions) == 1
+    assert loaded[0].fingerprint == loaded[1].fingerprint
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1

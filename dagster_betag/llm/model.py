@@ -23,9 +23,9 @@ Transformers dequantizes a GGUF file to float32 on load (about 17 s for SmolLM2)
 transformers 5 refuses ``save_pretrained`` on a GGUF-loaded model; so the first load rebuilds
 the model from its config, loads the state dict, and saves model and tokenizer as safetensors
 under ``<cache>/<name>/``. Later loads read that folder (about 0.3 s). The folder is written
-to a temporary name and renamed, so concurrent loaders never see half of it. Fetching,
-fingerprints and the conversion live in ``llm/weights.py``; this module resolves a config to
-them and loads the result.
+to a temporary name and renamed, so concurrent loaders never see half of it, under a lock, so
+concurrent first loads convert once. Fetching, fingerprints and the conversion live in
+``llm/weights.py``; this module resolves a config to them and loads the result.
 
 Security: ``trust_remote_code`` is always False (a config's ``auto_map`` is ignored, so the
 built-in architecture class is used, or loading fails when there is none), weights are

