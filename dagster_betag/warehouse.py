@@ -1,7 +1,9 @@
 """Read-only access to the warehouse DuckDB file (library code, no Dagster).
 
 dbt is the only writer of the DuckDB file; everything in Python opens it read-only, so a
-reader can never corrupt it or hold the write lock dbt needs.
+reader can never corrupt it. A read-only connection in one process still keeps dbt in another
+from opening the file for writing, so readers share a lock that a dbt build holds alone
+(``readers_lock_path``, ``locks.reading``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Iterator
 
 import duckdb
 
+from dagster_betag.locks import reading
+
 DATABASE_FILE = "betag.duckdb"
 LANDING_FOLDER = "landing"
+LOCKS_FOLDER = "locks"
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,15 @@ class WarehouseLayout:
     @property
     def landing_dir(self) -> Path:
         return self.directory / LANDING_FOLDER
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.directory / LOCKS_FOLDER
+
+
+def readers_lock_path(database_path: Path) -> Path:
+    """The lock the readers of ``database_path`` share and a dbt build of it holds alone."""
+    return database_path.parent / LOCKS_FOLDER / f"{database_path.name}.readers"
 
 
 class WarehouseQueryError(ValueError):
@@ -50,20 +64,21 @@ def connect_readonly(
         raise FileNotFoundError(f"no warehouse at {database_path}; run `betag run` first")
     config = {"enable_external_access": False} if sandboxed else {}
     deadline = time.monotonic() + wait_s
-    while True:
+    with reading(readers_lock_path(database_path), f"warehouse {database_path}", timeout_s=wait_s):
+        while True:  # a writer outside the locks (dbt by hand) still holds DuckDB's own lock
+            try:
+                connection = duckdb.connect(str(database_path), read_only=True, config=config)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise WarehouseQueryError(
+                        f"cannot open {database_path} read-only: {str(error).splitlines()[0]}"
+                    ) from None
+                time.sleep(0.5)
         try:
-            connection = duckdb.connect(str(database_path), read_only=True, config=config)
-            break
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                raise WarehouseQueryError(
-                    f"cannot open {database_path} read-only: {str(error).splitlines()[0]}"
-                ) from None
-            time.sleep(0.5)
-    try:
-        yield connection
-    finally:
-        connection.close()
+            yield connection
+        finally:
+            connection.close()
 
 
 def markdown_table(columns: list[str], rows: list[tuple], max_chars: int = 60) -> str:

@@ -83,6 +83,18 @@ def build_warehouse(defs, dataset: Path, warehouse: Path, model: Path, assets=No
         assert job.execute_in_process(instance=DagsterInstance.ephemeral()).success
 
 
+# another process reading the warehouse, as another run's step or `betag sql` does: it holds the
+# file open read-only for argv[2] seconds, which keeps DuckDB from letting any process write it
+HOLD_A_READER = """
+import pathlib, sys, time
+from dagster_betag.warehouse import connect_readonly
+with connect_readonly(pathlib.Path(sys.argv[1])) as connection:
+    connection.execute("select count(*) from marts.dim_items").fetchone()
+    print("open", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
 def published(warehouse: Path, table: str) -> pl.DataFrame:
     shards = sorted((warehouse / "landing" / table).glob("**/shard-*.parquet"))
     return pl.concat([pl.read_parquet(path) for path in shards], how="diagonal_relaxed")
@@ -215,3 +227,19 @@ def test_a_run_that_meets_a_held_lock_fails_in_one_line_and_changes_nothing(refe
     message = (failure.step_failure_data.error.cause or failure.step_failure_data.error).message.strip()
     assert "locked by another run" in message and f"pid {os.getpid()}" in message and "\n" not in message
     assert (warehouse / "betag.duckdb").read_bytes() == before
+
+
+def test_a_reader_in_another_process_delays_the_dbt_build_instead_of_failing_it(reference, defs, tmp_path):
+    dataset, reference_warehouse, model = reference
+    warehouse = tmp_path / "warehouse"
+    shutil.copytree(reference_warehouse, warehouse)
+    command = [sys.executable, "-c", HOLD_A_READER, str(warehouse / "betag.duckdb"), "8"]
+    reader = subprocess.Popen(command, cwd=settings.REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        build_warehouse(defs, dataset, warehouse, model)  # dbt would fail at once on DuckDB's lock
+        # the build could only open the file once the reader had closed it and ended
+        assert reader.poll() == 0
+    finally:
+        reader.kill()
+        reader.wait(timeout=60)

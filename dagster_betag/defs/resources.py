@@ -7,6 +7,8 @@ environment variables that dbt reads, so the Dagster UI shows where a value came
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
@@ -28,8 +30,11 @@ from dagster_betag.llm.model import (
     model_identity,
 )
 from dagster_betag.llm.tagger import DeferredTagger, Tagger
-from dagster_betag.locks import exclusive
-from dagster_betag.warehouse import WarehouseLayout
+from dagster_betag.locks import excluding_readers, exclusive
+from dagster_betag.warehouse import WarehouseLayout, readers_lock_path
+
+# the part of the warehouse a dbt build writes: the DuckDB file
+DUCKDB_PART = "duckdb"
 
 
 class DatasetResource(ConfigurableResource):
@@ -62,8 +67,18 @@ class WarehouseResource(ConfigurableResource):
     def writing(self, part: str, log=None):
         """Exclusive access to ``part`` (the DuckDB file, an item shard of a table) for one step."""
         return exclusive(
-            self.layout.directory / "locks" / f"{part}.lock", f"warehouse {part}", timeout_s=self.lock_timeout_s, log=log
+            self.layout.locks_dir / f"{part}.lock", f"warehouse {part}", timeout_s=self.lock_timeout_s, log=log
         )
+
+    @contextmanager
+    def building(self, log=None) -> Iterator[None]:
+        """What a dbt build holds: the DuckDB file's writer lock (one build at a time), then its
+        readers' lock alone, so no reader in another process has the file open when dbt opens it."""
+        database = self.layout.database_path
+        with self.writing(DUCKDB_PART, log), excluding_readers(
+            readers_lock_path(database), f"warehouse {database}", timeout_s=self.lock_timeout_s
+        ):
+            yield
 
     def check_dbt_agrees(self) -> None:
         """dbt resolves the same folder from the environment; refuse to build two warehouses."""

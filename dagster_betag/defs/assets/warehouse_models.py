@@ -83,8 +83,9 @@ def _build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Wareh
     """``dbt build`` of this asset's models and tests, then row counts and a preview per table
     (and, on marts.item_tag_evidence, the popular items' BETag evidence)."""
     warehouse.check_dbt_agrees()
-    # DuckDB has one writer: a second run's build waits here instead of failing inside dbt
-    with warehouse.writing("duckdb", context.log.info):
+    # DuckDB has one writer and no writer beside a reader: a second run's build, or a reader in
+    # another process, waits here instead of failing inside dbt
+    with warehouse.building(context.log.info):
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)
         # dbt holds DuckDB's single write lock until it exits, so the tables are read after
         # the build rather than while its events stream in (and before the next run's build).
