@@ -34,11 +34,12 @@ class BetagConfig:
     )
     top_k: int = knob(15, "Tags kept per item after aggregation.")
     batch_rows: int = knob(
-        64,
+        48,
         # per-step overhead dominates small batches on CPU (measured here: 4 groups, 8 -> 32 items per batch:
         # 0.90 -> 0.67 s/item; 1 group, 8 -> 64 items: 0.52 -> 0.29 s/item); beyond that little is gained and the
         # key/value cache grows. With the in-place cache (llm/kv_cache.py), 57 quick items, the finetuned model,
-        # 4 groups: 32 / 64 / 96 rows took 28.3 / 19.6 / 19.2 s (medians) at a peak of 1.34 / 1.59 / 1.88 GB
+        # 4 groups: 32 / 64 / 96 rows took 28.3 / 19.6 / 19.2 s (medians) at a peak of 1.34 / 1.59 / 1.88 GB.
+        # The quick `betag run` peaks in this stage: 3.13 GiB at 64 rows, 2.96 GiB at 48 (BETags 63-69 s -> 75 s)
         "Decoded rows per batch (items x groups x beams).",
     )
     include_base_tags: bool = knob(True, "The base tags count as beam 0 in the aggregation.")
