@@ -42,6 +42,8 @@ PUBLISHED_PREFIX = "shard-"
 PENDING_PREFIX = "pending-"
 ALL_ITEM_SHARDS = "all"
 QUARANTINE_FOLDER = "quarantine"
+# listings a read tries while concurrent runs keep renaming the shards it listed
+READ_ATTEMPTS = 5
 # appended to a quarantined shard's name: neither dbt's sources ("**/shard-*.parquet") nor
 # the shard listing here match it, though the quarantine folder lies under the table's folder
 QUARANTINED_SUFFIX = ".quarantined"
@@ -140,9 +142,21 @@ class ShardedTable:
         shard); pending rows too unless ``published_only``. Unreadable shards are quarantined
         first (``log`` says which), never read."""
         self.quarantine_unreadable(log)
-        shards = self.shards(published_only=published_only)
-        if not shards:
-            return None
+        failed_reads = 0
+        while True:
+            shards = self.shards(published_only=published_only)
+            if not shards:
+                return None
+            try:
+                return self._rows_of(shards)
+            except Exception:  # polars reports a missing file in several exception types
+                # a concurrent run published (renamed) or quarantined a listed shard before it
+                # was read: its rows are under the new name, so list again
+                failed_reads += 1
+                if failed_reads == READ_ATTEMPTS or all(path.exists() for path in shards):
+                    raise
+
+    def _rows_of(self, shards: list[Path]) -> pl.DataFrame:
         # shards of older releases may lack newer columns: align by name, nulls where missing
         frames = [pl.scan_parquet(path, hive_partitioning=False) for path in shards]
         frame = pl.concat(frames, how="diagonal_relaxed")

@@ -81,6 +81,25 @@ def test_pending_shards_are_published_only_at_the_end_of_a_run(tmp_path):
     assert table.read(published_only=True)["item_shard"].to_list() == ["2"]
 
 
+def test_a_read_lists_again_when_a_concurrent_run_publishes_a_listed_shard(tmp_path, monkeypatch):
+    """Two item-shard runs at once: one reads every shard while the other renames its pending
+    shards to published ones; the rows are still there, under the new names."""
+    table = ShardedTable(tmp_path / "shards", {"model": "m1"}, item_shard="0")
+    other_run = ShardedTable(tmp_path / "shards", {"model": "m1"}, item_shard="1")
+    table.write(rows_for(["a"]))
+    other_run.write(rows_for(["b"]))
+    listed = table.shards()
+    real_rows_of = ShardedTable._rows_of
+
+    def publish_after_listing(self, shards):
+        if shards == listed and other_run.shards(published_only=True) == []:
+            other_run.publish()  # between this read's listing and its reading
+        return real_rows_of(self, shards)
+
+    monkeypatch.setattr(ShardedTable, "_rows_of", publish_after_listing)
+    assert sorted(table.read()["item_id"].to_list()) == ["a", "b"]
+
+
 def test_a_key_is_done_only_for_the_input_it_was_generated_from(tmp_path):
     table = ShardedTable(tmp_path / "shards", {"model": "m1"}, version_column="input_hash")
     table.write(rows_for(["a", "b"]).with_columns(input_hash=pl.Series(["h1", "h2"])))
