@@ -31,13 +31,12 @@ except ImportError:  # Windows
 
 # the readers' locks this thread holds exclusively: a step reading its own build's tables
 # (row counts, previews) while it holds the lock must not wait for itself
-_held = threading.local()
+class _HeldHere(threading.local):
+    def __init__(self) -> None:
+        self.excluding_readers: set[Path] = set()
 
 
-def _excluding_readers_here() -> set[Path]:
-    if not hasattr(_held, "locks"):
-        _held.locks = set()
-    return _held.locks
+_held_here = _HeldHere()
 
 
 class WarehouseBusyError(RuntimeError):
@@ -74,7 +73,7 @@ def exclusive(lock_path: Path, what: str, *, timeout_s: float, log=None) -> Iter
 def reading(lock_path: Path, what: str, *, timeout_s: float) -> Iterator[None]:
     """Hold ``lock_path`` shared with other readers while the block reads; wait at most
     ``timeout_s`` seconds while a writer holds it (``excluding_readers``)."""
-    if fcntl is None or lock_path.resolve() in _excluding_readers_here():
+    if fcntl is None or lock_path.resolve() in _held_here.excluding_readers:
         yield
         return
     with _flocked(lock_path, fcntl.LOCK_SH, what, timeout_s):
@@ -89,11 +88,11 @@ def excluding_readers(lock_path: Path, what: str, *, timeout_s: float) -> Iterat
         yield
         return
     with _flocked(lock_path, fcntl.LOCK_EX, what, timeout_s):
-        _excluding_readers_here().add(lock_path.resolve())
+        _held_here.excluding_readers.add(lock_path.resolve())
         try:
             yield
         finally:
-            _excluding_readers_here().discard(lock_path.resolve())
+            _held_here.excluding_readers.discard(lock_path.resolve())
 
 
 @contextmanager
